@@ -1,0 +1,1 @@
+"""The payment app: webhook ingest, verification, payment state, refunds and notifications."""

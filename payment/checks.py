@@ -1,0 +1,55 @@
+"""System checks: fail fast on configuration that would lose or falsely grant payments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from kombu.utils.url import url_to_parts
+
+from .gateways.registry import gateway_get, gateway_names
+
+SANDBOX_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+DEMO_MARKER = "payshift_demo"
+
+
+@register("payshift")
+def payshift_checks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    messages: list[Any] = []
+    production = settings.PAYSHIFT_ENVIRONMENT == "production"
+    for name in gateway_names():
+        gateway = gateway_get(name)
+        if not gateway.webhook_secrets():
+            messages.append((Error if production else Warning)(
+                f"Gateway {name!r} is enabled but has no webhook secret: every webhook will be refused (401).",
+                hint=f"Set {gateway.secret_setting} or remove {name!r} from PAYSHIFT_ENABLED_GATEWAYS.",
+                id="payshift.E001",
+            ))
+        if production:
+            base_url = getattr(settings, gateway.base_url_setting, "")
+            if any(host in base_url for host in SANDBOX_HOSTS):
+                messages.append(Error(f"{gateway.base_url_setting} points at a local sandbox in production.",
+                                      hint="Unset it to use the real gateway.", id="payshift.E002"))
+            if any(DEMO_MARKER in s.lower() or "payshiftdemo" in s.lower() for s in gateway.webhook_secrets()):
+                messages.append(Error(f"Gateway {name!r} uses the demo keys in production.",
+                                      hint="Set the keys from the gateway's dashboard.", id="payshift.E003"))
+    if production and settings.DEBUG:
+        messages.append(Error("DEBUG is on in production.", hint="Set DJANGO_DEBUG=false.", id="payshift.E004"))
+    schedule = getattr(settings, "CELERY_BEAT_SCHEDULE", {}) or {}
+    if not any(entry.get("task") == "check_pending_payments" for entry in schedule.values()):
+        messages.append(Error("No Celery beat schedule runs check_pending_payments: missed webhooks stay missed.",
+                              hint="Keep the 'check-pending-payments' entry in CELERY_BEAT_SCHEDULE.",
+                              id="payshift.E005"))
+    try:
+        transport = url_to_parts(settings.CELERY_BROKER_URL).scheme
+        if not transport:
+            raise ValueError("no scheme")
+    except Exception as exc:
+        messages.append(Error(f"CELERY_BROKER_URL cannot be parsed: {exc}",
+                              hint="Use e.g. redis://127.0.0.1:6379/0 or amqp://guest:guest@127.0.0.1:5672//",
+                              id="payshift.E006"))
+    if production and settings.SECRET_KEY.startswith("payshift-insecure"):
+        messages.append(Error("DJANGO_SECRET_KEY is the development default.", id="payshift.E007",
+                              hint="Set DJANGO_SECRET_KEY to a long random value."))
+    return messages

@@ -1,0 +1,282 @@
+"""The gateway interface and the neutral dataclasses every gateway module speaks."""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import httpx
+from django.conf import settings
+
+from payment import metrics
+
+
+class GatewayError(Exception):
+    """A call to a gateway's API did not give an answer we can act on."""
+
+    transient: bool = False
+
+
+class TransientGatewayError(GatewayError):
+    """Network error, timeout, 5xx or 429: retrying later can fix it."""
+
+    transient = True
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        # False when the gateway certainly did not act on it (connection refused, 429): a non-idempotent
+        # call such as a refund may be re-sent only then.
+        self.request_sent = request_sent
+
+
+class PermanentGatewayError(GatewayError):
+    """4xx (other than 429) or an answer of the wrong shape: retrying will not fix it."""
+
+
+class InvalidPayloadError(ValueError):
+    """An authentic body that is not the JSON this gateway sends."""
+
+
+class NotFoundAtGatewayError(PermanentGatewayError):
+    """The gateway does not know this transaction (yet)."""
+
+
+# Neutral outcome values, shared by every gateway (a subset of payment statuses plus "pending").
+OUTCOME_SUCCESS = "success"
+OUTCOME_FAILED = "failed"
+OUTCOME_ABANDONED = "abandoned"
+OUTCOME_REVERSED = "reversed"
+OUTCOME_PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    """A webhook body normalised: what it claims, never what we trust (the verify API decides)."""
+
+    gateway: str
+    event: str
+    kind: str  # models.EventKind value: "charge", "refund" or "other"
+    dedupe_key: str
+    reference: str = ""
+    gateway_transaction_id: str = ""
+    status: str = ""
+    amount: int | None = None
+    currency: str = ""
+    mode: str = ""
+    refund_reference: str = ""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The gateway API's answer about one transaction (the only source of truth for value)."""
+
+    reference: str
+    gateway_transaction_id: str
+    outcome: str  # one of the OUTCOME_* values
+    amount: int  # minor units
+    currency: str
+    mode: str
+    raw_status: str = ""
+    paid_at: str = ""
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    checkout_url: str
+    gateway_reference: str = ""
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    gateway_refund_id: str
+    status: str  # models.RefundStatus value
+    amount: int | None = None
+
+
+@dataclass
+class WebhookRequest:
+    """What the test_webhook command and the benchmarks need to imitate a delivery."""
+
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_loads_strict(body: bytes) -> Any:
+    """Parse JSON the way money needs it: Decimal not float, no NaN/Infinity, no duplicate keys."""
+
+    def _no_constants(name: str) -> Any:
+        raise InvalidPayloadError(f"JSON constant {name} is not allowed")
+
+    def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                # Two parsers could disagree on which value wins: refuse rather than guess.
+                raise InvalidPayloadError(f"duplicate JSON key {key!r}")
+            obj[key] = value
+        return obj
+
+    try:
+        text = body.decode("utf-8")
+        return json.loads(
+            text, parse_float=Decimal, parse_constant=_no_constants, object_pairs_hook=_no_duplicates
+        )
+    except InvalidPayloadError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidPayloadError(f"body is not valid JSON: {type(exc).__name__}") from exc
+
+
+def _json_number(value: object) -> object:
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        # Wire formats want a JSON number (Flutterwave's major units, e.g. 1500.5). A float's repr is the
+        # shortest text that round-trips, so for money-sized values the text is exactly the Decimal's.
+        as_float = float(value)
+        if Decimal(repr(as_float)) != value:
+            raise ValueError(f"{value} cannot be written exactly as a JSON number")
+        return as_float
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_dumps(payload: object) -> bytes:
+    """Compact JSON bytes as gateways send them; Decimal amounts become exact JSON numbers."""
+    return json.dumps(payload, separators=(",", ":"), default=_json_number).encode()
+
+
+def as_str(value: object, limit: int = 100) -> str:
+    """A scalar identifier from a payload as a bounded string ('' for null/objects)."""
+    if value is None or isinstance(value, dict | list | bool):
+        return ""
+    return str(value)[:limit]
+
+
+class Gateway(ABC):
+    """One payment gateway. Subclasses live in payment/gateways/<name>/ and register themselves."""
+
+    name: ClassVar[str]
+    #: Header names whose values are secrets or signatures: never stored or logged.
+    secret_headers: ClassVar[frozenset[str]] = frozenset()
+    #: Published webhook source addresses, enforced only when the operator enables the allowlist.
+    published_ips: ClassVar[tuple[str, ...]] = ()
+    #: The setting that holds the webhook secret(s), named in system-check hints.
+    secret_setting: ClassVar[str] = ""
+
+    # -- webhooks --------------------------------------------------------------------------------
+    @abstractmethod
+    def webhook_secrets(self) -> list[str]:
+        """The configured secrets that may authenticate a webhook (empty = refuse everything)."""
+
+    @abstractmethod
+    def verify_signature(self, body: bytes, headers: Mapping[str, str]) -> bool:
+        """True only if the raw body is authentic; must fail closed and compare in constant time."""
+
+    @abstractmethod
+    def parse_event(self, body: bytes) -> ParsedEvent:
+        """Normalise an authentic body; raise InvalidPayloadError for JSON we don't expect."""
+
+    @abstractmethod
+    def sign_webhook(self, body: bytes) -> dict[str, str]:
+        """Headers the gateway would send with this body (first secret signs)."""
+
+    @abstractmethod
+    def build_test_webhook(self, *, event: str, reference: str, transaction_id: str, status: str,
+                           amount: int, currency: str, mode: str, email: str) -> dict[str, Any]:
+        """A realistic payload in this gateway's wire format, for test_webhook and benchmarks."""
+
+    # -- API -------------------------------------------------------------------------------------
+    @abstractmethod
+    def verify_transaction(self, *, reference: str, gateway_transaction_id: str = "") -> Verification:
+        """Ask the gateway's API what really happened; raise a GatewayError subclass otherwise."""
+
+    @abstractmethod
+    def initialize_checkout(self, *, reference: str, amount: int, currency: str, email: str,
+                            callback_url: str, metadata: Mapping[str, Any]) -> CheckoutSession:
+        """Create a hosted checkout for a payment row that already exists."""
+
+    @abstractmethod
+    def refund(self, *, reference: str, gateway_transaction_id: str, amount: int, currency: str,
+               note: str) -> RefundResult:
+        """Ask the gateway to refund `amount` minor units of a settled transaction."""
+
+    @abstractmethod
+    def callback_reference(self, query: Mapping[str, str]) -> tuple[str, str]:
+        """(reference, gateway transaction id) from the customer's redirect back to us."""
+
+    def refund_fetch(self, gateway_refund_id: str) -> RefundResult | None:
+        """The refund's current state, for polling; None where the gateway has no such endpoint."""
+        return None
+
+    def key_mode(self) -> str:
+        """"test" or "live", from the API key in use."""
+        return "test"
+
+    # -- shared HTTP plumbing ----------------------------------------------------------------------
+    base_url_setting: ClassVar[str]
+
+    def api_key(self) -> str:
+        raise NotImplementedError
+
+    def _client(self) -> httpx.Client:
+        # One client per gateway instance (connection pooling); explicit timeouts, never the default.
+        client: httpx.Client | None = getattr(self, "_http", None)
+        if client is None:
+            timeout = httpx.Timeout(
+                settings.PAYSHIFT_HTTP_READ_TIMEOUT, connect=settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT
+            )
+            client = httpx.Client(
+                base_url=getattr(settings, self.base_url_setting).rstrip("/") + "/",
+                timeout=timeout,
+                headers={"User-Agent": "payshift/0.1"},
+            )
+            self._http = client
+        return client
+
+    def api_request(self, method: str, path: str, endpoint: str, *,
+                    headers_extra: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+        """Call the gateway; classify failures as transient or permanent; return the parsed JSON."""
+        headers = {"Authorization": f"Bearer {self.api_key()}", "Accept": "application/json",
+                   **(headers_extra or {})}
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response = self._client().request(method, path.lstrip("/"), headers=headers, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            outcome = "connect"
+            raise TransientGatewayError(f"{self.name} {endpoint}: cannot connect", request_sent=False) from exc
+        except httpx.TimeoutException as exc:
+            outcome = "timeout"
+            raise TransientGatewayError(f"{self.name} {endpoint}: timed out") from exc
+        except httpx.HTTPError as exc:
+            outcome = "network"
+            raise TransientGatewayError(f"{self.name} {endpoint}: {type(exc).__name__}") from exc
+        finally:
+            metrics.GATEWAY_API_SECONDS.labels(self.name, endpoint).observe(time.perf_counter() - started)
+            if outcome != "error":
+                metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, outcome).inc()
+        code = response.status_code
+        if code == 429 or code >= 500:
+            metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
+            raise TransientGatewayError(f"{self.name} {endpoint}: HTTP {code}", request_sent=code != 429)
+        try:
+            payload = json_loads_strict(response.content)
+        except InvalidPayloadError as exc:
+            metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, "bad_json").inc()
+            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code} with a non-JSON body") from exc
+        if code in (400, 404) and endpoint.startswith("verify"):
+            metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
+            message = payload.get("message", "") if isinstance(payload, dict) else ""
+            raise NotFoundAtGatewayError(f"{self.name} {endpoint}: HTTP {code}: {as_str(message, 200)}")
+        if code >= 400:
+            metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
+            message = payload.get("message", "") if isinstance(payload, dict) else ""
+            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code}: {as_str(message, 200)}")
+        if not isinstance(payload, dict):
+            raise PermanentGatewayError(f"{self.name} {endpoint}: answer is not a JSON object")
+        return payload

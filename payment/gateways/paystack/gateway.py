@@ -1,0 +1,286 @@
+"""Paystack signature check, event parsing, and API client (verify, initialize, refund)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+from django.utils import timezone
+
+from payment.gateways import base
+from payment.gateways.registry import register
+from payment.money import MoneyError, parse_minor
+
+SIGNATURE_HEADER = "x-paystack-signature"
+
+# data.status of GET /transaction/verify -> neutral outcome. Paystack's non-final states
+# (ongoing, pending, processing, queued) and anything unknown stay "pending": never grant on a guess.
+_OUTCOMES = {
+    "success": base.OUTCOME_SUCCESS,
+    "failed": base.OUTCOME_FAILED,
+    "abandoned": base.OUTCOME_ABANDONED,
+    "reversed": base.OUTCOME_REVERSED,
+}
+
+_REFUND_STATUSES = {
+    "pending": "processing",
+    "processing": "processing",
+    "needs-attention": "processing",
+    "processed": "processed",
+    "failed": "failed",
+}
+
+
+def _charge_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
+    reference = base.as_str(data.get("reference"))
+    if not reference:
+        raise base.InvalidPayloadError("charge event without data.reference")
+    try:
+        amount = parse_minor(data.get("amount"))
+    except MoneyError as exc:
+        raise base.InvalidPayloadError(f"data.amount: {exc}") from exc
+    transaction_id = base.as_str(data.get("id"), 64)
+    status = base.as_str(data.get("status"), 32)
+    return base.ParsedEvent(
+        gateway="paystack",
+        event=name,
+        kind="charge",
+        # Paystack sends no event id (gateways.md): the key is built from what identifies the fact.
+        dedupe_key=f"{name}:{reference}:{transaction_id}:{status}",
+        reference=reference,
+        gateway_transaction_id=transaction_id,
+        status=status,
+        amount=amount,
+        currency=base.as_str(data.get("currency"), 3).upper(),
+        mode=base.as_str(data.get("domain"), 4),
+    )
+
+
+def _refund_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
+    reference = base.as_str(data.get("transaction_reference"))
+    if not reference:
+        raise base.InvalidPayloadError("refund event without data.transaction_reference")
+    try:
+        # Paystack refund amounts are sometimes strings ("5000"): still minor units.
+        amount = parse_minor(data.get("amount"))
+    except MoneyError as exc:
+        raise base.InvalidPayloadError(f"data.amount: {exc}") from exc
+    status = base.as_str(data.get("status"), 32)
+    refund_ref = base.as_str(data.get("refund_reference")) or base.as_str(data.get("id"), 64)
+    return base.ParsedEvent(
+        gateway="paystack",
+        event=name,
+        kind="refund",
+        dedupe_key=f"{name}:{reference}:{refund_ref}:{amount}:{status}",
+        reference=reference,
+        status=_REFUND_STATUSES.get(status, "processing"),
+        amount=amount,
+        currency=base.as_str(data.get("currency"), 3).upper(),
+        mode=base.as_str(data.get("domain"), 4),
+        refund_reference=refund_ref,
+    )
+
+
+# Dispatch table (design.md 4.7): event name -> parser. Anything else is authentic but ignored.
+_PARSERS = {
+    "charge.success": _charge_event,
+    "refund.pending": _refund_event,
+    "refund.processing": _refund_event,
+    "refund.processed": _refund_event,
+    "refund.failed": _refund_event,
+    "refund.needs-attention": _refund_event,
+}
+
+
+@register
+class PaystackGateway(base.Gateway):
+    name = "paystack"
+    secret_headers = frozenset({SIGNATURE_HEADER})
+    published_ips = ("52.31.139.75", "52.49.173.169", "52.214.14.220")
+    secret_setting = "PAYSTACK_SECRET_KEY"
+    base_url_setting = "PAYSTACK_BASE_URL"
+
+    def webhook_secrets(self) -> list[str]:
+        # There is no separate webhook secret: the API secret key signs (gateways.md).
+        return [s for s in settings.PAYSTACK_SECRET_KEY if s]
+
+    def api_key(self) -> str:
+        secrets = self.webhook_secrets()
+        if not secrets:
+            raise base.PermanentGatewayError("PAYSTACK_SECRET_KEY is not configured")
+        return secrets[0]
+
+    def key_mode(self) -> str:
+        secrets = self.webhook_secrets()
+        return "live" if secrets and secrets[0].startswith("sk_live_") else "test"
+
+    def verify_signature(self, body: bytes, headers: Mapping[str, str]) -> bool:
+        provided = headers.get(SIGNATURE_HEADER, "")
+        if not provided:
+            return False
+        provided_bytes = provided.strip().lower().encode("utf-8", "replace")
+        ok = False
+        for secret in self.webhook_secrets():
+            expected = hmac.new(secret.encode(), body, hashlib.sha512).hexdigest().encode()
+            # Check every key (rotation) without short-circuiting on the first match.
+            ok = hmac.compare_digest(expected, provided_bytes) or ok
+        return ok
+
+    def parse_event(self, body: bytes) -> base.ParsedEvent:
+        payload = base.json_loads_strict(body)
+        if not isinstance(payload, dict):
+            raise base.InvalidPayloadError("envelope is not a JSON object")
+        name = payload.get("event")
+        data = payload.get("data")
+        if not isinstance(name, str) or not name or len(name) > 100:
+            raise base.InvalidPayloadError("envelope without a string 'event'")
+        if not isinstance(data, dict):
+            raise base.InvalidPayloadError("envelope without a 'data' object")
+        parser = _PARSERS.get(name)
+        if parser is None:
+            digest = hashlib.sha256(body).hexdigest()
+            return base.ParsedEvent(gateway=self.name, event=name, kind="other", dedupe_key=f"{name}:{digest}",
+                                    reference=base.as_str(data.get("reference")))
+        return parser(name, data)
+
+    def sign_webhook(self, body: bytes) -> dict[str, str]:
+        secret = self.api_key()
+        return {
+            "content-type": "application/json",
+            SIGNATURE_HEADER: hmac.new(secret.encode(), body, hashlib.sha512).hexdigest(),
+        }
+
+    def build_test_webhook(self, *, event: str, reference: str, transaction_id: str, status: str,
+                           amount: int, currency: str, mode: str, email: str) -> dict[str, Any]:
+        now = timezone.now().isoformat().replace("+00:00", "Z")
+        if event.startswith("refund."):
+            return {
+                "event": event,
+                "data": {
+                    "status": event.removeprefix("refund."),
+                    "transaction_reference": reference,
+                    "refund_reference": f"RF{transaction_id}" if event == "refund.processed" else None,
+                    "amount": str(amount),
+                    "currency": currency,
+                    "processor": "card",
+                    "customer": {"first_name": "Ada", "last_name": "Obi", "email": email},
+                    "integration": 412829,
+                    "domain": mode,
+                },
+            }
+        return {
+            "event": event,
+            "data": {
+                "id": int(transaction_id) if transaction_id.isdigit() else transaction_id,
+                "domain": mode,
+                "status": status,
+                "reference": reference,
+                "amount": amount,
+                "message": None,
+                "gateway_response": "Successful" if status == "success" else "Declined",
+                "paid_at": now,
+                "created_at": now,
+                "channel": "card",
+                "currency": currency,
+                "ip_address": "41.58.0.1",
+                "metadata": 0,
+                "fees": None,
+                "customer": {
+                    "id": 84312,
+                    "first_name": "Ada",
+                    "last_name": "Obi",
+                    "email": email,
+                    "customer_code": "CUS_payshiftdemo",
+                    "phone": None,
+                    "metadata": None,
+                    "risk_action": "default",
+                },
+                "authorization": {
+                    "authorization_code": "AUTH_payshiftdemo",
+                    "bin": "408408",
+                    "last4": "4081",
+                    "exp_month": "12",
+                    "exp_year": "2030",
+                    "channel": "card",
+                    "card_type": "visa",
+                    "bank": "TEST BANK",
+                    "country_code": "NG",
+                    "brand": "visa",
+                    "reusable": True,
+                    "signature": "SIG_payshiftdemo",
+                },
+                "plan": {},
+            },
+        }
+
+    def verify_transaction(self, *, reference: str, gateway_transaction_id: str = "") -> base.Verification:
+        payload = self.api_request("GET", f"transaction/verify/{quote(reference, safe='')}", "verify")
+        data = payload.get("data")
+        # Top-level status only says the call worked; the outcome is data.status (gateways.md pitfall 7).
+        if payload.get("status") is not True or not isinstance(data, dict):
+            raise base.PermanentGatewayError("paystack verify: unexpected answer shape")
+        try:
+            amount = parse_minor(data.get("amount"))
+        except MoneyError as exc:
+            raise base.PermanentGatewayError(f"paystack verify: data.amount: {exc}") from exc
+        raw_status = base.as_str(data.get("status"), 32)
+        return base.Verification(
+            reference=base.as_str(data.get("reference")),
+            gateway_transaction_id=base.as_str(data.get("id"), 64),
+            outcome=_OUTCOMES.get(raw_status, base.OUTCOME_PENDING),
+            amount=amount,
+            currency=base.as_str(data.get("currency"), 3).upper(),
+            mode=base.as_str(data.get("domain"), 4),
+            raw_status=raw_status,
+            paid_at=base.as_str(data.get("paid_at"), 40),
+        )
+
+    def initialize_checkout(self, *, reference: str, amount: int, currency: str, email: str,
+                            callback_url: str, metadata: Mapping[str, Any]) -> base.CheckoutSession:
+        payload = self.api_request(
+            "POST",
+            "transaction/initialize",
+            "initialize",
+            json={"email": email, "amount": amount, "currency": currency, "reference": reference,
+                  "callback_url": callback_url, "metadata": dict(metadata)},
+        )
+        data = payload.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("authorization_url"), str):
+            raise base.PermanentGatewayError("paystack initialize: no authorization_url")
+        return base.CheckoutSession(checkout_url=data["authorization_url"],
+                                    gateway_reference=base.as_str(data.get("access_code")))
+
+    def refund(self, *, reference: str, gateway_transaction_id: str, amount: int, currency: str,
+               note: str) -> base.RefundResult:
+        payload = self.api_request(
+            "POST",
+            "refund",
+            "refund",
+            json={"transaction": reference, "amount": amount, "currency": currency, "merchant_note": note},
+        )
+        data = payload.get("data")
+        if payload.get("status") is not True or not isinstance(data, dict):
+            raise base.PermanentGatewayError("paystack refund: unexpected answer shape")
+        status = base.as_str(data.get("status"), 32)
+        try:
+            refunded = parse_minor(data.get("amount"))
+        except MoneyError:
+            refunded = None
+        return base.RefundResult(gateway_refund_id=base.as_str(data.get("id"), 64),
+                                 status=_REFUND_STATUSES.get(status, "processing"), amount=refunded)
+
+    def refund_fetch(self, gateway_refund_id: str) -> base.RefundResult | None:
+        payload = self.api_request("GET", f"refund/{quote(gateway_refund_id, safe='')}", "refund_fetch")
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            raise base.PermanentGatewayError("paystack refund fetch: unexpected answer shape")
+        status = base.as_str(data.get("status"), 32)
+        return base.RefundResult(gateway_refund_id=gateway_refund_id,
+                                 status=_REFUND_STATUSES.get(status, "processing"))
+
+    def callback_reference(self, query: Mapping[str, str]) -> tuple[str, str]:
+        return (query.get("reference") or query.get("trxref") or "")[:100], ""

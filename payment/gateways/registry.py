@@ -1,0 +1,68 @@
+"""The one switch between core code and gateways: name -> Gateway instance, found by discovery."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+
+from django.conf import settings
+
+from .base import Gateway
+
+_classes: dict[str, type[Gateway]] = {}
+_instances: dict[str, Gateway] = {}
+_lock = threading.Lock()
+_discovered = False
+
+
+class UnknownGatewayError(LookupError):
+    pass
+
+
+def register(cls: type[Gateway]) -> type[Gateway]:
+    """Class decorator used by each gateway module: adding a gateway never edits core code."""
+    _classes[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    with _lock:
+        if _discovered:
+            return
+        import payment.gateways as package
+
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.ispkg:
+                importlib.import_module(f"{package.__name__}.{info.name}")
+        _discovered = True
+
+
+def gateway_names() -> list[str]:
+    """Enabled gateways, in a stable order."""
+    _discover()
+    enabled = settings.PAYSHIFT_ENABLED_GATEWAYS
+    return sorted(n for n in _classes if enabled is None or n in enabled)
+
+
+def gateway_get(name: str) -> Gateway:
+    _discover()
+    if name not in gateway_names():
+        raise UnknownGatewayError(name)
+    instance = _instances.get(name)
+    if instance is None:
+        with _lock:
+            instance = _instances.setdefault(name, _classes[name]())
+    return instance
+
+
+def registry_reset() -> None:
+    """Drop cached instances (settings changed, e.g. in tests or after a key rotation)."""
+    for instance in list(_instances.values()):
+        client = getattr(instance, "_http", None)
+        if client is not None:
+            client.close()
+    _instances.clear()

@@ -1,0 +1,245 @@
+"""Payment, WebhookEvent (the inbox), Refund, Notification and the audit of payment transitions."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+    REVERSED = "reversed"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REVIEW = "review"
+
+
+class Mode(models.TextChoices):
+    TEST = "test"
+    LIVE = "live"
+
+
+class ReviewReason(models.TextChoices):
+    AMOUNT_MISMATCH = "amount_mismatch"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    MODE_MISMATCH = "mode_mismatch"
+    REFERENCE_MISMATCH = "reference_mismatch"
+
+
+class Payment(models.Model):
+    """One payment we asked a gateway to collect; `amount` is what we expect, in minor units."""
+
+    reference = models.CharField(max_length=100, unique=True)
+    gateway = models.CharField(max_length=32, db_index=True)
+    amount = models.BigIntegerField(help_text="Expected amount in minor units (kobo, pesewas, cents).")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=24, choices=PaymentStatus.choices, default=PaymentStatus.PENDING)
+    mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.TEST)
+    customer_email = models.EmailField(db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments"
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    gateway_transaction_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    amount_paid = models.BigIntegerField(null=True, blank=True, help_text="What the gateway's API reported.")
+    amount_refunded = models.BigIntegerField(default=0)
+    review_reason = models.CharField(max_length=32, choices=ReviewReason.choices, null=True, blank=True)
+    checkout_url = models.URLField(max_length=500, blank=True, default="")
+    paid_at = models.DateTimeField(null=True, blank=True)
+    # Reconciliation walks pending payments oldest-checked first, in batches.
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "last_verified_at"], name="payment_status_verified_idx"),
+            models.Index(fields=["status", "created_at"], name="payment_status_created_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
+            models.CheckConstraint(condition=Q(amount_refunded__gte=0), name="payment_refunded_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reference} ({self.gateway}, {self.status})"
+
+
+class EventStatus(models.TextChoices):
+    RECEIVED = "received"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    UNMATCHED = "unmatched"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class EventKind(models.TextChoices):
+    CHARGE = "charge"
+    REFUND = "refund"
+    OTHER = "other"
+
+
+class WebhookEvent(models.Model):
+    """The inbox: every authentic delivery, stored before we answer (design.md 1, steps 4-6)."""
+
+    gateway = models.CharField(max_length=32)
+    event = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.OTHER)
+    # Raw bytes exactly as signed; emptied by retention pruning (the dedupe key outlives it).
+    body = models.BinaryField(default=b"")
+    headers = models.JSONField(default=dict, blank=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    dedupe_key = models.CharField(max_length=255)
+    reference = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    gateway_transaction_id = models.CharField(max_length=64, blank=True, default="")
+    mode = models.CharField(max_length=4, choices=Mode.choices, blank=True, default="")
+    status = models.CharField(max_length=16, choices=EventStatus.choices, default=EventStatus.RECEIVED)
+    dispatched_via = models.CharField(max_length=16, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    received_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    pruned_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # A gateway resend, a replayed capture or a concurrent duplicate hits this and is a no-op.
+            models.UniqueConstraint(fields=["gateway", "dedupe_key"], name="webhookevent_unique_dedupe"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="event_status_updated_idx"),
+            models.Index(fields=["received_at"], name="event_received_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.gateway}:{self.event} {self.reference} ({self.status})"
+
+
+class TransitionSource(models.TextChoices):
+    WEBHOOK = "webhook"
+    CALLBACK = "callback"
+    RECONCILE = "reconcile"
+    REFUND = "refund"
+    STAFF = "staff"
+
+
+class PaymentTransition(models.Model):
+    """Audit row for every payment state change; notifications and signals hang off it."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="transitions")
+    from_status = models.CharField(max_length=24, choices=PaymentStatus.choices)
+    to_status = models.CharField(max_length=24, choices=PaymentStatus.choices)
+    source = models.CharField(max_length=16, choices=TransitionSource.choices)
+    event = models.ForeignKey(
+        WebhookEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="transitions"
+    )
+    reason = models.CharField(max_length=255, blank=True, default="")
+    details = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=150, blank=True, default="")
+    # Set once the host application's signal receivers ran; the sweep re-sends signals still unset.
+    hooks_done_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["hooks_done_at", "created_at"], name="transition_hooks_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.payment_id}: {self.from_status} -> {self.to_status}"
+
+
+class RefundStatus(models.TextChoices):
+    PENDING = "pending"  # requested by us, not yet accepted by the gateway
+    PROCESSING = "processing"  # accepted by the gateway
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class Refund(models.Model):
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=RefundStatus.choices, default=RefundStatus.PENDING)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    gateway_refund_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    reason = models.CharField(max_length=255, blank=True, default="")
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"refund {self.pk} of {self.payment_id}: {self.amount} {self.currency} ({self.status})"
+
+
+class NotificationKind(models.TextChoices):
+    PAYMENT_SUCCEEDED = "payment_succeeded"
+    PAYMENT_FAILED = "payment_failed"
+    PAYMENT_REFUNDED = "payment_refunded"
+    PAYMENT_REVIEW = "payment_review"  # staff
+    EVENT_DEAD = "event_dead"  # staff
+
+
+class Recipient(models.TextChoices):
+    CUSTOMER = "customer"
+    STAFF = "staff"
+
+
+class Notification(models.Model):
+    """Written in the transition's own transaction; channels (email, ...) deliver after commit."""
+
+    kind = models.CharField(max_length=32, choices=NotificationKind.choices)
+    recipient = models.CharField(max_length=16, choices=Recipient.choices)
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    transition = models.ForeignKey(
+        PaymentTransition, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    event = models.ForeignKey(
+        WebhookEvent, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    message = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivery_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # Exactly once per transition (or per dead event): enforced by the database, not by a check.
+            models.UniqueConstraint(
+                fields=["transition", "kind"], condition=Q(transition__isnull=False), name="notification_once"
+            ),
+            models.UniqueConstraint(
+                fields=["event", "kind"], condition=Q(event__isnull=False), name="notification_event_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} -> {self.recipient}"
+
+
+class Heartbeat(models.Model):
+    """Last run of a periodic job, so the Django Q fallback schedule only works when beat is silent."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,67 @@
+"""Notification channels: the database row is always written; channels deliver it after commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.utils.module_loading import import_string
+
+from .models import Notification, NotificationKind, Recipient
+
+logger = logging.getLogger("payment.notifications")
+
+_SUBJECTS = {
+    NotificationKind.PAYMENT_SUCCEEDED: "Payment received: {ref}",
+    NotificationKind.PAYMENT_FAILED: "Payment failed: {ref}",
+    NotificationKind.PAYMENT_REFUNDED: "Refund issued: {ref}",
+    NotificationKind.PAYMENT_REVIEW: "[Payshift] Payment needs review: {ref}",
+    NotificationKind.EVENT_DEAD: "[Payshift] Webhook event needs a person: {ref}",
+}
+
+
+class Channel(Protocol):
+    def deliver(self, notification: Notification) -> None: ...
+
+
+def staff_emails() -> list[str]:
+    return list(settings.PAYSHIFT_STAFF_EMAILS) or [email for _name, email in settings.ADMINS]
+
+
+class EmailChannel:
+    """Email through Django's email backend: customers at their address, staff at PAYSHIFT_STAFF_EMAILS."""
+
+    def deliver(self, notification: Notification) -> None:
+        payment = notification.payment
+        if notification.recipient == Recipient.STAFF:
+            to = staff_emails()
+        else:
+            to = [payment.customer_email] if payment and payment.customer_email else []
+        if not to:
+            return
+        ref = payment.reference if payment else (notification.event.reference if notification.event else "")
+        subject = _SUBJECTS.get(NotificationKind(notification.kind), "{ref}").format(ref=ref)
+        send_mail(subject, notification.message, settings.DEFAULT_FROM_EMAIL, to, fail_silently=False)
+
+
+def channels() -> list[Channel]:
+    return [import_string(path)() for path in settings.PAYSHIFT_NOTIFICATION_CHANNELS]
+
+
+def notification_deliver(notification: Notification) -> None:
+    """Run every channel; a failing channel is recorded on the row and never raises."""
+    errors = []
+    for channel in channels():
+        try:
+            channel.deliver(notification)
+        except Exception as exc:  # a broken mail server must not break payment processing
+            errors.append(f"{type(channel).__name__}: {exc}")
+            logger.warning("notification delivery failed", extra={"notification_id": notification.pk,
+                                                                  "kind": notification.kind, "error": str(exc)})
+    from django.utils import timezone
+
+    Notification.objects.filter(pk=notification.pk).update(
+        delivered_at=None if errors else timezone.now(), delivery_error="; ".join(errors)[:1000]
+    )

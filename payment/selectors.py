@@ -1,0 +1,90 @@
+"""Read-side queries: what the views, commands, admin and metrics show."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Min, QuerySet
+from django.utils import timezone
+
+from . import metrics
+from .models import EventStatus, Heartbeat, Payment, PaymentStatus, WebhookEvent
+
+UNFINISHED = [EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
+              EventStatus.UNMATCHED]
+
+
+def payment_recent(*, limit: int = 20) -> QuerySet[Payment]:
+    return Payment.objects.order_by("-created_at")[:limit]
+
+
+def payment_show_data(reference: str) -> dict[str, Any] | None:
+    """The JSON object of `payment_show --json` (design.md section 2, a fixed contract)."""
+    payment = Payment.objects.filter(reference=reference).first()
+    if payment is None:
+        return None
+    return {
+        "reference": payment.reference,
+        "gateway": payment.gateway,
+        "status": payment.status,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "review_reason": payment.review_reason or None,
+        "events": [
+            {"id": e.pk, "event": e.event, "status": e.status, "received_at": e.received_at.isoformat()}
+            for e in WebhookEvent.objects.filter(reference=payment.reference, gateway=payment.gateway)
+            .order_by("received_at", "pk")
+        ],
+        "refunds": [{"id": r.pk, "amount": r.amount, "status": r.status}
+                    for r in payment.refunds.order_by("created_at", "pk")],
+        "notifications": [{"kind": n.kind, "created_at": n.created_at.isoformat()}
+                          for n in payment.notifications.order_by("created_at", "pk")],
+    }
+
+
+def backlog_gauges_update() -> None:
+    now = timezone.now()
+    counts = dict.fromkeys(UNFINISHED, 0)
+    for status in UNFINISHED:
+        counts[status] = WebhookEvent.objects.filter(status=status).count()
+    for status, count in counts.items():
+        metrics.INBOX_BACKLOG.labels(status).set(count)
+    oldest = WebhookEvent.objects.filter(status__in=UNFINISHED).aggregate(m=Min("received_at"))["m"]
+    metrics.OLDEST_UNPROCESSED_SECONDS.set((now - oldest).total_seconds() if oldest else 0)
+    pending = Payment.objects.filter(status=PaymentStatus.PENDING).aggregate(m=Min("created_at"))["m"]
+    metrics.OLDEST_PENDING_PAYMENT_SECONDS.set((now - pending).total_seconds() if pending else 0)
+
+
+def readiness() -> dict[str, dict[str, Any]]:
+    parts: dict[str, dict[str, Any]] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        parts["database"] = {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:
+        parts["database"] = {"ok": False, "error": type(exc).__name__}
+    parts["broker"] = _broker_state()
+    try:
+        beat = Heartbeat.objects.filter(name="django_q").first()
+        fresh = beat is not None and beat.at > timezone.now() - timedelta(
+            seconds=3 * settings.PAYSHIFT_RECONCILE_INTERVAL_SECONDS)
+        parts["django_q"] = {"ok": fresh, "last_seen": beat.at.isoformat() if beat else None}
+    except Exception as exc:
+        parts["django_q"] = {"ok": False, "error": type(exc).__name__}
+    return parts
+
+
+def _broker_state() -> dict[str, Any]:
+    from payshift.celery import app
+
+    url = settings.CELERY_BROKER_URL
+    transport = url.split("://", 1)[0]
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)
+        return {"ok": True, "transport": transport}
+    except Exception as exc:
+        return {"ok": False, "transport": transport, "error": type(exc).__name__}

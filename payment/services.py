@@ -1,0 +1,754 @@
+"""Write-side domain logic: receive events, process them, move payments forward, refund, reconcile."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from . import metrics, signals
+from .gateways import base
+from .gateways.registry import gateway_get
+from .models import (
+    EventKind,
+    EventStatus,
+    Heartbeat,
+    Notification,
+    NotificationKind,
+    Payment,
+    PaymentStatus,
+    PaymentTransition,
+    Recipient,
+    Refund,
+    RefundStatus,
+    ReviewReason,
+    TransitionSource,
+    WebhookEvent,
+)
+
+logger = logging.getLogger("payment.services")
+
+S = PaymentStatus
+
+# The forward-only state machine (docs/architecture.md has the diagram). `failed` and `abandoned` are not
+# final: Flutterwave sends a webhook per failed attempt and an abandoned Paystack checkout can still be paid.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.SUCCESS, S.FAILED, S.ABANDONED, S.REVIEW}),
+    S.ABANDONED: frozenset({S.SUCCESS, S.FAILED, S.REVIEW}),
+    S.FAILED: frozenset({S.SUCCESS, S.REVIEW}),
+    S.SUCCESS: frozenset({S.REVERSED, S.REFUNDED, S.PARTIALLY_REFUNDED}),
+    S.PARTIALLY_REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED, S.REVERSED}),
+    # Only a person (or a refund) moves a payment out of review: no gateway event can.
+    S.REVIEW: frozenset({S.SUCCESS, S.FAILED, S.REFUNDED, S.PARTIALLY_REFUNDED}),
+    S.REFUNDED: frozenset(),
+    S.REVERSED: frozenset(),
+}
+_REVIEW_EXITS = frozenset({TransitionSource.STAFF, TransitionSource.REFUND})
+# Statuses in which a charge event can still change something (else it is "already applied").
+OPEN_STATUSES = frozenset({S.PENDING, S.FAILED, S.ABANDONED})
+
+_CUSTOMER_NOTIFICATIONS = {
+    S.SUCCESS: NotificationKind.PAYMENT_SUCCEEDED,
+    S.FAILED: NotificationKind.PAYMENT_FAILED,
+    S.REFUNDED: NotificationKind.PAYMENT_REFUNDED,
+    S.PARTIALLY_REFUNDED: NotificationKind.PAYMENT_REFUNDED,
+}
+
+
+# --- errors -----------------------------------------------------------------------------------------------
+class SignatureError(Exception):
+    """Missing or wrong signature, or no secret configured (fail closed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SourceNotAllowedError(Exception):
+    """The client address is not among the gateway's published addresses (allowlist enabled)."""
+
+
+class RefundNotAllowedError(Exception):
+    """A refund the payment cannot take (state, amount, or a conflicting idempotency key)."""
+
+
+class PaymentCreateError(Exception):
+    """The payment could not be created or handed to the gateway's checkout."""
+
+
+# --- ingest -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReceiveResult:
+    outcome: str  # "stored", "duplicate" or "ignored"
+    event_id: int | None
+    parsed: base.ParsedEvent
+
+
+def _safe_headers(headers: Mapping[str, str], secret_headers: frozenset[str]) -> dict[str, str]:
+    """Headers worth keeping for debugging, with signatures and credentials replaced by a marker."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in ("cookie", "authorization", "proxy-authorization") or key in secret_headers:
+            kept[key] = "[redacted]"
+        elif len(kept) < 40:
+            kept[key] = value[:256]
+    return kept
+
+
+def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str],
+                    source_ip: str | None) -> ReceiveResult:
+    """Authenticate, parse and durably store one delivery, then hand it to a queue after commit.
+
+    Raises UnknownGatewayError, SourceNotAllowedError, SignatureError or base.InvalidPayloadError; lets
+    database errors through (the edge answers 503 so the gateway retries).
+    """
+    from . import queueing
+
+    gateway = gateway_get(gateway_name)
+    if gateway_name in settings.PAYSHIFT_IP_ALLOWLIST_GATEWAYS and source_ip not in gateway.published_ips:
+        raise SourceNotAllowedError(source_ip or "unknown")
+    if not gateway.webhook_secrets():
+        raise SignatureError("no_secret")
+    if not gateway.verify_signature(body, headers):
+        raise SignatureError("bad_signature")
+    parsed = gateway.parse_event(body)
+    ignored = parsed.kind == EventKind.OTHER
+    event = WebhookEvent(
+        gateway=gateway_name,
+        event=parsed.event,
+        kind=parsed.kind,
+        body=body,
+        headers=_safe_headers(headers, gateway.secret_headers),
+        source_ip=source_ip,
+        dedupe_key=_bounded_key(parsed.dedupe_key),
+        reference=parsed.reference,
+        gateway_transaction_id=parsed.gateway_transaction_id,
+        mode=parsed.mode if parsed.mode in ("test", "live") else "",
+        # Optimistically "queued": the happy path is one INSERT; a failed hand-off sets it back.
+        status=EventStatus.IGNORED if ignored else EventStatus.QUEUED,
+        processed_at=timezone.now() if ignored else None,
+    )
+    try:
+        with transaction.atomic():
+            event.save(force_insert=True)
+            if not ignored:
+                transaction.on_commit(lambda: queueing.event_dispatch(event.pk))
+    except IntegrityError:
+        # The unique (gateway, dedupe_key) constraint: a resend, a replay or a concurrent twin.
+        if not WebhookEvent.objects.filter(gateway=gateway_name, dedupe_key=event.dedupe_key).exists():
+            raise
+        metrics.EVENTS_DUPLICATE.labels(gateway_name).inc()
+        logger.info("webhook duplicate", extra=_log_fields(parsed))
+        return ReceiveResult("duplicate", None, parsed)
+    metrics.EVENTS_RECEIVED.labels(gateway_name, parsed.event if not ignored else "other").inc()
+    logger.info("webhook ignored" if ignored else "webhook received",
+                extra={**_log_fields(parsed), "event_id": event.pk})
+    return ReceiveResult("ignored" if ignored else "stored", event.pk, parsed)
+
+
+def _bounded_key(key: str) -> str:
+    return key if len(key) <= 255 else key[:190] + ":" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _log_fields(parsed: base.ParsedEvent) -> dict[str, Any]:
+    return {"gateway": parsed.gateway, "event": parsed.event, "reference": parsed.reference}
+
+
+# --- processing -------------------------------------------------------------------------------------------
+_CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
+              EventStatus.UNMATCHED)
+
+
+def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> str:
+    """Process one stored event; safe to run twice or concurrently. Returns the event's status.
+
+    Raises base.TransientGatewayError when a retry can fix it (the caller owns the retry policy).
+    """
+    statuses = [*_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else _CLAIMABLE
+    claimed = WebhookEvent.objects.filter(pk=event_id, status__in=statuses).update(
+        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, updated_at=timezone.now()
+    )
+    if not claimed:
+        # Already processed, ignored or dead (or unknown): "already applied" is a no-op (design.md 4.4).
+        current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
+        return current or "missing"
+    event = WebhookEvent.objects.get(pk=event_id)
+    handler = _EVENT_HANDLERS.get(event.kind)
+    if handler is None:
+        return _event_finish(event, EventStatus.IGNORED)
+    try:
+        return handler(event)
+    except base.TransientGatewayError as exc:
+        _event_fail(event, str(exc))
+        metrics.EVENTS_FAILED.labels(event.gateway, "true").inc()
+        raise
+    except (base.PermanentGatewayError, base.InvalidPayloadError) as exc:
+        metrics.EVENTS_FAILED.labels(event.gateway, "false").inc()
+        event_mark_dead(event.pk, f"permanent: {exc}")
+        return EventStatus.DEAD
+
+
+def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None) -> str:
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": status, "last_error": error[:2000], "updated_at": now,
+                              "next_attempt_at": None}
+    if status in (EventStatus.PROCESSED, EventStatus.IGNORED):
+        fields["processed_at"] = now
+    if payment is not None:
+        fields["payment"] = payment
+    WebhookEvent.objects.filter(pk=event.pk).update(**fields)
+    if status == EventStatus.PROCESSED:
+        metrics.PROCESS_LATENCY.labels(event.gateway).observe((now - event.received_at).total_seconds())
+    metrics.EVENTS_PROCESSED.labels(event.gateway, status).inc()
+    logger.info("webhook %s", status, extra={"event_id": event.pk, "gateway": event.gateway,
+                                             "event": event.event, "reference": event.reference,
+                                             "error": error or None})
+    return status
+
+
+def _event_fail(event: WebhookEvent, error: str) -> None:
+    WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.PROCESSING).update(
+        status=EventStatus.FAILED, last_error=error[:2000], updated_at=timezone.now()
+    )
+    logger.warning("webhook attempt failed", extra={"event_id": event.pk, "gateway": event.gateway,
+                                                    "reference": event.reference, "error": error})
+
+
+def event_schedule_retry(event_id: int, at: Any) -> None:
+    WebhookEvent.objects.filter(pk=event_id).exclude(
+        status__in=[EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD]
+    ).update(status=EventStatus.FAILED, next_attempt_at=at, updated_at=timezone.now())
+
+
+def event_mark_dead(event_id: int, error: str) -> None:
+    """Retries exhausted or a permanent failure: a person must look. Logged at error, staff notified."""
+    with transaction.atomic():
+        updated = WebhookEvent.objects.filter(pk=event_id).exclude(
+            status__in=[EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD]
+        ).update(status=EventStatus.DEAD, last_error=error[:2000], updated_at=timezone.now(),
+                 next_attempt_at=None)
+        if not updated:
+            return
+        event = WebhookEvent.objects.get(pk=event_id)
+        payment = event.payment or Payment.objects.filter(reference=event.reference, gateway=event.gateway).first()
+        notification = _notification_create(
+            kind=NotificationKind.EVENT_DEAD, recipient=Recipient.STAFF, payment=payment, event=event,
+            message=f"Webhook event #{event.pk} ({event.gateway} {event.event}, reference "
+                    f"{event.reference or '-'}) needs a person: {error[:300]}",
+        )
+    metrics.EVENTS_PROCESSED.labels(event.gateway, EventStatus.DEAD).inc()
+    logger.error("webhook dead", extra={"event_id": event.pk, "gateway": event.gateway, "event": event.event,
+                                        "reference": event.reference, "error": error})
+    if notification is not None:
+        _deliver_after_commit([notification.pk])
+
+
+def _payment_for_event(event: WebhookEvent) -> Payment | None:
+    return Payment.objects.filter(reference=event.reference, gateway=event.gateway).first()
+
+
+def _charge_event_apply(event: WebhookEvent) -> str:
+    payment = _payment_for_event(event)
+    if payment is None:
+        # The webhook beat our own INSERT (or the reference is not ours): keep it, retry it later.
+        WebhookEvent.objects.filter(pk=event.pk).update(
+            status=EventStatus.UNMATCHED, updated_at=timezone.now(),
+            next_attempt_at=timezone.now() + timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
+        )
+        logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
+                                                   "reference": event.reference})
+        return EventStatus.UNMATCHED
+    if payment.status not in OPEN_STATUSES:
+        return _event_finish(event, EventStatus.PROCESSED, payment=payment, error="")
+    gateway = gateway_get(event.gateway)
+    # Verify before locking: never hold a row lock (or SQLite's write lock) across a network call. The
+    # decision is re-taken under the lock, so two racing workers still give one transition.
+    verification = gateway.verify_transaction(reference=payment.reference,
+                                              gateway_transaction_id=event.gateway_transaction_id)
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        error = _verification_apply(locked, verification, source=TransitionSource.WEBHOOK, event=event,
+                                    claimed_mode=event.mode)
+        return _event_finish(event, EventStatus.PROCESSED, payment=locked, error=error)
+
+
+def _decide(payment: Payment, verification: base.Verification, *, claimed_mode: str = "",
+            allow_unpaid_final: bool = True) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(target status, review reason, audit details) for what the gateway's API reported."""
+    details: dict[str, Any] = {"verified_amount": verification.amount, "verified_currency": verification.currency,
+                               "verified_mode": verification.mode, "gateway_status": verification.raw_status}
+    outcome = verification.outcome
+    if outcome == base.OUTCOME_SUCCESS:
+        if (claimed_mode and claimed_mode != payment.mode) or verification.mode != payment.mode:
+            return S.REVIEW, ReviewReason.MODE_MISMATCH, details
+        if verification.currency != payment.currency:
+            return S.REVIEW, ReviewReason.CURRENCY_MISMATCH, details
+        if verification.amount < payment.amount:
+            return S.REVIEW, ReviewReason.AMOUNT_MISMATCH, {**details, "underpaid_by": payment.amount -
+                                                            verification.amount}
+        if verification.amount > payment.amount:
+            details["overpaid_by"] = verification.amount - payment.amount
+        return S.SUCCESS, None, details
+    if outcome == base.OUTCOME_REVERSED:
+        return S.REVERSED, None, details
+    if allow_unpaid_final and outcome == base.OUTCOME_FAILED:
+        return S.FAILED, None, details
+    if allow_unpaid_final and outcome == base.OUTCOME_ABANDONED:
+        return S.ABANDONED, None, details
+    return None, None, details
+
+
+def _verification_apply(payment: Payment, verification: base.Verification, *, source: str,
+                        event: WebhookEvent | None = None, claimed_mode: str = "",
+                        allow_unpaid_final: bool = True) -> str:
+    """Apply a verification to a locked payment. Returns an error note ('' when all is well)."""
+    if verification.reference != payment.reference:
+        # Flutterwave's verif-hash says nothing about the body: an id pointing at someone else's
+        # transaction must not grant this payment anything.
+        logger.error("verification reference mismatch", extra={
+            "reference": payment.reference, "verified_reference": verification.reference,
+            "event_id": event.pk if event else None})
+        return "verification reference mismatch: nothing applied"
+    target, review_reason, details = _decide(payment, verification, claimed_mode=claimed_mode,
+                                             allow_unpaid_final=allow_unpaid_final)
+    if target is None:
+        return ""
+    if target == S.SUCCESS or target == S.REVIEW:
+        payment.amount_paid = verification.amount
+        if verification.gateway_transaction_id:
+            payment.gateway_transaction_id = verification.gateway_transaction_id
+    transition = payment_transition(payment, target, source=source, event=event, details=details,
+                                    review_reason=review_reason)
+    if transition is None:
+        return f"late event: {payment.status} -> {target} is not a forward move"
+    if target == S.SUCCESS and details.get("overpaid_by") and settings.PAYSHIFT_REFUND_OVERPAYMENT:
+        refund_request(payment, amount=details["overpaid_by"], idempotency_key=f"overpaid:{payment.pk}",
+                       reason="automatic refund of overpayment", requested_by="payshift", locked=True)
+    return ""
+
+
+def payment_transition(payment: Payment, to_status: str, *, source: str, event: WebhookEvent | None = None,
+                       details: Mapping[str, Any] | None = None, review_reason: str | None = None,
+                       reason: str = "", actor: str = "") -> PaymentTransition | None:
+    """Move a LOCKED payment forward, with its audit row and notification rows, in the caller's transaction.
+
+    Returns None (and changes nothing) when the move is not allowed by the state machine.
+    """
+    from_status = payment.status
+    allowed = ALLOWED_TRANSITIONS.get(from_status, frozenset())
+    if to_status not in allowed or (from_status == S.REVIEW and source not in _REVIEW_EXITS):
+        logger.info("transition refused", extra={"reference": payment.reference, "from": from_status,
+                                                  "to": to_status, "source": source})
+        return None
+    now = timezone.now()
+    payment.status = to_status
+    if to_status == S.REVIEW:
+        payment.review_reason = review_reason
+    if to_status == S.SUCCESS and payment.paid_at is None:
+        payment.paid_at = now
+    payment.last_verified_at = now
+    payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "gateway_transaction_id",
+                                "amount_refunded", "last_verified_at", "updated_at"])
+    transition = PaymentTransition.objects.create(
+        payment=payment, from_status=from_status, to_status=to_status, source=source, event=event,
+        reason=reason[:255] or (review_reason or ""), details=dict(details or {}), actor=actor[:150],
+    )
+    notification_ids = []
+    kind = _CUSTOMER_NOTIFICATIONS.get(to_status)
+    if kind is not None:
+        n = _notification_create(kind=kind, recipient=Recipient.CUSTOMER, payment=payment, transition=transition,
+                                 message=_customer_message(payment, to_status))
+        notification_ids.append(n.pk if n else None)
+    if to_status == S.REVIEW:
+        n = _notification_create(
+            kind=NotificationKind.PAYMENT_REVIEW, recipient=Recipient.STAFF, payment=payment,
+            transition=transition,
+            message=f"Payment {payment.reference} is in review ({review_reason}): {dict(details or {})}",
+        )
+        notification_ids.append(n.pk if n else None)
+    logger.info("payment transition", extra={"reference": payment.reference, "gateway": payment.gateway,
+                                             "from": from_status, "to": to_status, "source": source,
+                                             "event_id": event.pk if event else None})
+    transaction.on_commit(lambda: transition_hooks_run(transition.pk))
+    return transition
+
+
+def _customer_message(payment: Payment, status: str) -> str:
+    from .money import minor_to_major
+
+    amount = f"{minor_to_major(payment.amount, payment.currency)} {payment.currency}"
+    return {
+        S.SUCCESS: f"We received your payment of {amount} (reference {payment.reference}).",
+        S.FAILED: f"Your payment of {amount} (reference {payment.reference}) did not go through.",
+    }.get(status, f"A refund on your payment {payment.reference} of {amount} has been issued.")
+
+
+def _notification_create(**fields: Any) -> Notification | None:
+    """Insert once; the unique constraints make a second insert for the same transition a no-op."""
+    try:
+        with transaction.atomic():
+            return Notification.objects.create(**fields)
+    except IntegrityError:
+        return None
+
+
+def transition_hooks_run(transition_id: int) -> None:
+    """After commit: deliver the transition's notifications and send the host application's signals."""
+    transition = PaymentTransition.objects.select_related("payment").filter(
+        pk=transition_id, hooks_done_at__isnull=True).first()
+    if transition is None:
+        return
+    from .notifications import notification_deliver
+
+    for notification in transition.notifications.select_related("payment", "event").filter(
+            delivered_at__isnull=True):
+        notification_deliver(notification)
+    payment = transition.payment
+    for signal in (signals.payment_transitioned, signals.BY_STATUS.get(transition.to_status)):
+        if signal is None:
+            continue
+        for receiver, result in signal.send_robust(sender=Payment, payment=payment, transition=transition):
+            if isinstance(result, Exception):
+                logger.error("signal receiver failed", extra={"reference": payment.reference,
+                                                              "receiver": getattr(receiver, "__qualname__", ""),
+                                                              "error": repr(result)})
+    PaymentTransition.objects.filter(pk=transition_id).update(hooks_done_at=timezone.now())
+
+
+def _deliver_after_commit(notification_ids: list[int]) -> None:
+    from .notifications import notification_deliver
+
+    def deliver() -> None:
+        for n in Notification.objects.select_related("payment", "event").filter(pk__in=notification_ids):
+            notification_deliver(n)
+
+    transaction.on_commit(deliver)
+
+
+def _refund_event_apply(event: WebhookEvent) -> str:
+    """Paystack refund.* webhooks: find (or record) the refund and close it."""
+    payment = _payment_for_event(event)
+    if payment is None:
+        return _charge_event_apply(event)  # same unmatched handling
+    gateway = gateway_get(event.gateway)
+    parsed = gateway.parse_event(bytes(event.body)) if event.body else None
+    status = parsed.status if parsed else ""
+    amount = parsed.amount if parsed and parsed.amount is not None else 0
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        # Refund webhooks usually carry no refund id (gateways.md): correlate by payment and amount.
+        match = Q(amount=amount)
+        if parsed and parsed.refund_reference:
+            match |= Q(gateway_refund_id=parsed.refund_reference)
+        refund = (Refund.objects.select_for_update()
+                  .filter(payment=locked, status__in=[RefundStatus.PENDING, RefundStatus.PROCESSING])
+                  .filter(match).order_by("created_at").first())
+        if refund is None:
+            if status != RefundStatus.PROCESSED or amount <= 0:
+                return _event_finish(event, EventStatus.PROCESSED, payment=locked,
+                                     error="refund event with no open refund: nothing to update")
+            # A refund made on the gateway's dashboard: record it so our books match theirs.
+            refund, created = Refund.objects.get_or_create(
+                idempotency_key=f"webhook:{event.gateway}:{event.dedupe_key}"[:100],
+                defaults={"payment": locked, "amount": amount, "currency": locked.currency,
+                          "status": RefundStatus.PROCESSING, "reason": "refunded at the gateway",
+                          "requested_by": event.gateway},
+            )
+        _refund_status_apply(refund, locked, status, event=event)
+        return _event_finish(event, EventStatus.PROCESSED, payment=locked)
+
+
+def _refund_status_apply(refund: Refund, payment: Payment, status: str, *, event: WebhookEvent | None) -> None:
+    """Move a locked refund to `status`; a processed refund moves its locked payment."""
+    if refund.status in (RefundStatus.PROCESSED, RefundStatus.FAILED) or status == refund.status:
+        return
+    if status == RefundStatus.PROCESSED:
+        refund.status = RefundStatus.PROCESSED
+        refund.completed_at = timezone.now()
+        refund.save(update_fields=["status", "completed_at", "updated_at"])
+        payment.amount_refunded += refund.amount
+        paid = payment.amount_paid or payment.amount
+        target = S.REFUNDED if payment.amount_refunded >= paid else S.PARTIALLY_REFUNDED
+        payment_transition(payment, target, source=TransitionSource.REFUND, event=event,
+                           details={"refund_id": refund.pk, "amount": refund.amount})
+    elif status == RefundStatus.FAILED:
+        refund.status = RefundStatus.FAILED
+        refund.completed_at = timezone.now()
+        refund.save(update_fields=["status", "completed_at", "updated_at"])
+        logger.error("refund failed at the gateway", extra={"refund_id": refund.pk, "reference": payment.reference})
+    elif status == RefundStatus.PROCESSING and refund.status == RefundStatus.PENDING:
+        refund.status = RefundStatus.PROCESSING
+        refund.save(update_fields=["status", "updated_at"])
+
+
+_EVENT_HANDLERS = {
+    EventKind.CHARGE: _charge_event_apply,
+    EventKind.REFUND: _refund_event_apply,
+}
+
+
+# --- verification outside webhooks (callback, reconciliation, staff) --------------------------------------
+def payment_verify(payment_id: int, *, source: str = TransitionSource.RECONCILE,
+                   allow_unpaid_final: bool = True) -> str:
+    """Ask the gateway about one payment and apply the answer under the row lock. Returns the status."""
+    payment = Payment.objects.get(pk=payment_id)
+    if payment.status not in OPEN_STATUSES:
+        return payment.status
+    gateway = gateway_get(payment.gateway)
+    try:
+        verification = gateway.verify_transaction(reference=payment.reference)
+    except base.NotFoundAtGatewayError:
+        verification = None  # the customer never reached the checkout
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if verification is not None:
+            _verification_apply(locked, verification, source=source, allow_unpaid_final=allow_unpaid_final)
+        elif allow_unpaid_final and locked.status == S.PENDING:
+            payment_transition(locked, S.ABANDONED, source=source, reason="unknown to the gateway after TTL")
+        Payment.objects.filter(pk=locked.pk).update(last_verified_at=timezone.now())
+        return locked.status
+
+
+# --- initiation -------------------------------------------------------------------------------------------
+def payment_create(*, gateway_name: str, amount: int, currency: str, email: str, callback_url: str,
+                   reference: str | None = None, metadata: Mapping[str, Any] | None = None,
+                   user: Any = None) -> Payment:
+    """Create the pending row FIRST (so no webhook can beat it), then ask the gateway for a checkout."""
+    import uuid
+
+    gateway = gateway_get(gateway_name)
+    if amount <= 0:
+        raise PaymentCreateError("amount must be a positive number of minor units")
+    payment = Payment.objects.create(
+        reference=reference or f"PS-{uuid.uuid4().hex[:20]}", gateway=gateway_name, amount=amount,
+        currency=currency.upper(), mode=gateway.key_mode(), customer_email=email, metadata=dict(metadata or {}),
+        user=user,
+    )
+    try:
+        session = gateway.initialize_checkout(reference=payment.reference, amount=amount,
+                                              currency=payment.currency, email=email,
+                                              callback_url=callback_url, metadata=payment.metadata)
+    except base.GatewayError as exc:
+        logger.error("checkout initialisation failed", extra={"reference": payment.reference, "error": str(exc)})
+        raise PaymentCreateError(str(exc)) from exc
+    Payment.objects.filter(pk=payment.pk).update(checkout_url=session.checkout_url)
+    payment.checkout_url = session.checkout_url
+    return payment
+
+
+# --- refunds ----------------------------------------------------------------------------------------------
+def refund_request(payment: Payment | int, *, amount: int | None = None, idempotency_key: str,
+                   reason: str = "", requested_by: str = "", locked: bool = False) -> Refund:
+    """Request a full (amount=None) or partial refund; the same idempotency key returns the same refund."""
+    from . import queueing
+
+    with transaction.atomic():
+        payment_id = payment.pk if isinstance(payment, Payment) else payment
+        row = payment if (locked and isinstance(payment, Payment)) else \
+            Payment.objects.select_for_update().get(pk=payment_id)
+        existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            if existing.payment_id != row.pk or (amount is not None and existing.amount != amount):
+                raise RefundNotAllowedError("idempotency key already used for a different refund")
+            return existing
+        if row.status not in (S.SUCCESS, S.PARTIALLY_REFUNDED, S.REVIEW) or not row.amount_paid:
+            raise RefundNotAllowedError(f"payment {row.reference} is {row.status}: nothing to refund")
+        open_total = Refund.objects.filter(
+            payment=row, status__in=[RefundStatus.PENDING, RefundStatus.PROCESSING]
+        ).aggregate(total=Sum("amount"))["total"] or 0
+        refundable = row.amount_paid - row.amount_refunded - open_total
+        amount = refundable if amount is None else amount
+        if amount <= 0 or amount > refundable:
+            raise RefundNotAllowedError(f"refund of {amount} exceeds the refundable {refundable} "
+                                        f"{row.currency} minor units")
+        refund = Refund.objects.create(payment=row, amount=amount, currency=row.currency,
+                                       idempotency_key=idempotency_key[:100], reason=reason[:255],
+                                       requested_by=requested_by[:150])
+        transaction.on_commit(lambda: queueing.refund_dispatch(refund.pk))
+    logger.info("refund requested", extra={"refund_id": refund.pk, "reference": row.reference, "amount": amount})
+    return refund
+
+
+def refund_submit(refund_id: int) -> str:
+    """Send a pending refund to the gateway once. Returns the refund's status.
+
+    The attempt is recorded before the call: if the outcome of a call is unknown (timeout, 5xx) it is
+    not re-sent blindly, since a second POST could refund twice; it is left for polling or a person.
+    """
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().select_related("payment").get(pk=refund_id)
+        if refund.status != RefundStatus.PENDING or refund.gateway_refund_id:
+            return refund.status
+        if refund.attempts and "outcome unknown" in refund.last_error:
+            return refund.status
+        Refund.objects.filter(pk=refund.pk).update(attempts=F("attempts") + 1)
+    payment = refund.payment
+    gateway = gateway_get(payment.gateway)
+    try:
+        result = gateway.refund(reference=payment.reference, gateway_transaction_id=payment.gateway_transaction_id,
+                                amount=refund.amount, currency=refund.currency, note=refund.reason or "refund")
+    except base.TransientGatewayError as exc:
+        if exc.request_sent:
+            Refund.objects.filter(pk=refund.pk).update(
+                last_error=f"outcome unknown, check with the gateway before retrying: {exc}"[:2000])
+            logger.error("refund outcome unknown", extra={"refund_id": refund.pk, "error": str(exc)})
+            return RefundStatus.PENDING
+        Refund.objects.filter(pk=refund.pk).update(last_error=str(exc)[:2000])
+        raise
+    except base.PermanentGatewayError as exc:
+        with transaction.atomic():
+            Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.FAILED, last_error=str(exc)[:2000],
+                                                       completed_at=timezone.now())
+        logger.error("refund refused by the gateway", extra={"refund_id": refund.pk, "error": str(exc)})
+        return RefundStatus.FAILED
+    with transaction.atomic():
+        locked_payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        refund = Refund.objects.select_for_update().get(pk=refund.pk)
+        refund.gateway_refund_id = result.gateway_refund_id
+        refund.save(update_fields=["gateway_refund_id", "updated_at"])
+        _refund_status_apply(refund, locked_payment, result.status, event=None)
+        return refund.status
+
+
+def refund_poll(refund_id: int) -> str:
+    """Ask the gateway about a refund it accepted (for gateways with a fetch endpoint)."""
+    refund = Refund.objects.select_related("payment").get(pk=refund_id)
+    if refund.status != RefundStatus.PROCESSING or not refund.gateway_refund_id:
+        return refund.status
+    result = gateway_get(refund.payment.gateway).refund_fetch(refund.gateway_refund_id)
+    if result is None:
+        return refund.status
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        locked = Refund.objects.select_for_update().get(pk=refund.pk)
+        _refund_status_apply(locked, payment, result.status, event=None)
+        return locked.status
+
+
+# --- staff actions ----------------------------------------------------------------------------------------
+def payment_review_resolve(payment_id: int, *, to_status: str, note: str, actor: str) -> PaymentTransition:
+    """A person closes a review: success (accept the money as is) or failed; a note is required."""
+    if not note.strip():
+        raise ValueError("a note is required to resolve a review")
+    if to_status not in (S.SUCCESS, S.FAILED):
+        raise ValueError("a review resolves to success or failed")
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        if payment.status != S.REVIEW:
+            raise ValueError(f"payment {payment.reference} is {payment.status}, not in review")
+        transition = payment_transition(payment, to_status, source=TransitionSource.STAFF, reason=note,
+                                        actor=actor, details={"review_reason": payment.review_reason})
+        if transition is None:
+            raise ValueError("transition refused")
+        return transition
+
+
+# --- reconciliation ---------------------------------------------------------------------------------------
+def backoff_seconds(attempt: int, *, base_seconds: float, max_seconds: float) -> float:
+    """Exponential backoff with full jitter (so a burst of failures does not retry in lockstep)."""
+    ceiling = min(max_seconds, base_seconds * (2 ** attempt))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def heartbeat(name: str) -> None:
+    Heartbeat.objects.update_or_create(name=name, defaults={"at": timezone.now()})
+
+
+def pending_payments_check(*, time_budget_seconds: float = 50.0) -> dict[str, int]:
+    """The periodic safety net: re-verify stale pending payments, sweep the inbox, retry unmatched events."""
+    import time
+
+    from . import queueing
+
+    heartbeat("check_pending_payments")
+    started = time.monotonic()
+    now = timezone.now()
+    counts = {"verified": 0, "expired": 0, "swept": 0, "unmatched_retried": 0, "dead": 0, "hooks": 0,
+              "refunds": 0, "errors": 0}
+    # 1. Inbox sweep: events a lost publish, a dead worker or a lost retry left behind.
+    stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
+    stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    sweep_q = (Q(status__in=[EventStatus.RECEIVED, EventStatus.QUEUED], updated_at__lt=stale)
+               | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
+               | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
+               | Q(status=EventStatus.FAILED, next_attempt_at__isnull=True, updated_at__lt=stuck))
+    for event_id in _ids_in_batches(WebhookEvent.objects.filter(sweep_q)):
+        queueing.event_dispatch(event_id, path="sweep")
+        counts["swept"] += 1
+    # 2. Unmatched events: retry while young, then hand to a person.
+    window_start = now - timedelta(seconds=settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS)
+    unmatched = WebhookEvent.objects.filter(status=EventStatus.UNMATCHED)
+    for event_id in _ids_in_batches(unmatched.filter(received_at__lt=window_start)):
+        event_mark_dead(event_id, "no payment with this reference appeared in time")
+        counts["dead"] += 1
+    due = unmatched.filter(received_at__gte=window_start).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    for event_id in _ids_in_batches(due):
+        queueing.event_dispatch(event_id, path="sweep")
+        counts["unmatched_retried"] += 1
+    # 3. Signals and notifications whose process died after commit.
+    for transition_id in _ids_in_batches(
+            PaymentTransition.objects.filter(hooks_done_at__isnull=True, created_at__lt=stale)):
+        transition_hooks_run(transition_id)
+        counts["hooks"] += 1
+    # 4. Refunds: lost tasks and gateway-side progress.
+    for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PENDING, updated_at__lt=stale,
+                                                           gateway_refund_id="")):
+        queueing.refund_dispatch(refund_id)
+        counts["refunds"] += 1
+    for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PROCESSING, updated_at__lt=stale)):
+        try:
+            refund_poll(refund_id)
+        except base.GatewayError:
+            counts["errors"] += 1
+    # 5. Pending payments nobody told us about, oldest check first, in batches, within a time budget.
+    recheck = now - timedelta(seconds=settings.PAYSHIFT_PENDING_RECHECK_SECONDS)
+    ttl_cutoff = now - timedelta(seconds=settings.PAYSHIFT_PENDING_TTL_SECONDS)
+    # Failed and abandoned payments can still turn successful (a later attempt), but only within the TTL.
+    candidates = Payment.objects.filter(
+        Q(status=S.PENDING, created_at__gte=now - timedelta(days=30))
+        | Q(status__in=[S.ABANDONED, S.FAILED], created_at__gte=ttl_cutoff),
+        created_at__lt=recheck,
+    ).filter(Q(last_verified_at__isnull=True) | Q(last_verified_at__lt=recheck))
+    batch_size = settings.PAYSHIFT_RECONCILE_BATCH_SIZE
+    while time.monotonic() - started < time_budget_seconds:
+        batch = list(candidates.order_by(F("last_verified_at").asc(nulls_first=True), "id")
+                     .values_list("id", "created_at", "status")[:batch_size])
+        if not batch:
+            break
+        for payment_id, created_at, status in batch:
+            expired = created_at < ttl_cutoff
+            try:
+                # Before the TTL only good news is applied: the customer may still be on the checkout page.
+                new_status = payment_verify(payment_id, allow_unpaid_final=expired and status == S.PENDING)
+                counts["verified"] += 1
+                counts["expired"] += int(expired and new_status != status)
+            except base.GatewayError as exc:
+                counts["errors"] += 1
+                Payment.objects.filter(pk=payment_id).update(last_verified_at=timezone.now())
+                logger.warning("reconcile verify failed", extra={"payment_id": payment_id, "error": str(exc)})
+            if time.monotonic() - started >= time_budget_seconds:
+                break
+    logger.info("check_pending_payments", extra=counts)
+    return counts
+
+
+def _ids_in_batches(queryset: Any, batch_size: int = 500) -> Any:
+    """Yield primary keys by keyset pagination: a huge backlog never loads at once."""
+    last = 0
+    while True:
+        ids = list(queryset.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return
+        yield from ids
+        last = ids[-1]

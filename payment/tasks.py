@@ -1,0 +1,63 @@
+"""Celery tasks: take ids, call services, own the retry policy (design.md 4.5)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from . import queueing, services
+from .gateways.base import TransientGatewayError
+
+logger = logging.getLogger("payment.tasks")
+
+# acks_late + reject_on_worker_lost: a worker killed mid-task leaves the message to be redelivered, and
+# the services are idempotent, so redelivery is safe (issue: "a worker killed mid-task loses nothing").
+_RELIABLE = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+@shared_task(name="process_payment_webhook", bind=True, max_retries=None, **_RELIABLE)
+def process_payment_webhook(self, event_id: int) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return services.webhook_event_process(event_id, via="celery")
+    except TransientGatewayError as exc:
+        attempt = self.request.retries
+        if attempt >= settings.PAYSHIFT_CELERY_MAX_RETRIES:
+            # Celery's budget is spent: Django Q continues on a longer schedule.
+            delay = services.backoff_seconds(0, base_seconds=settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
+                                             max_seconds=settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
+            services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=delay))
+            if not queueing.event_hand_to_django_q(event_id, attempt=1, delay_seconds=delay):
+                logger.error("handing over to django q failed; the sweep will retry", extra={"event_id": event_id})
+            logger.warning("celery retries exhausted, handed to django q",
+                           extra={"event_id": event_id, "delay": round(delay, 1)})
+            return "handed_to_django_q"
+        countdown = services.backoff_seconds(attempt, base_seconds=settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
+                                             max_seconds=settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
+        services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=countdown))
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@shared_task(name="check_pending_payments", **_RELIABLE)
+def check_pending_payments() -> dict[str, int]:
+    return services.pending_payments_check()
+
+
+@shared_task(name="verify_payment_task", **_RELIABLE)
+def verify_payment_task(payment_id: int) -> str:
+    return services.payment_verify(payment_id)
+
+
+@shared_task(name="process_refund_task", bind=True, max_retries=5, **_RELIABLE)
+def process_refund_task(self, refund_id: int) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return services.refund_submit(refund_id)
+    except TransientGatewayError as exc:
+        # Only raised when the gateway certainly did not act (see refund_submit): safe to re-send.
+        countdown = services.backoff_seconds(self.request.retries,
+                                             base_seconds=settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
+                                             max_seconds=settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
+        raise self.retry(exc=exc, countdown=countdown) from exc

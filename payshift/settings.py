@@ -1,0 +1,268 @@
+"""Payshift settings: one environment reader (django-environ), 12-factor, safe defaults for a laptop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A `.env` file is optional; real deployments set the environment directly.
+_env_file = env.str("PAYSHIFT_ENV_FILE", default=str(BASE_DIR / ".env"))
+if Path(_env_file).is_file():
+    environ.Env.read_env(_env_file)
+
+VAR_DIR = Path(env.str("PAYSHIFT_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# "development" or "production": production turns on the strict system checks (payment.checks).
+PAYSHIFT_ENVIRONMENT = env.str("PAYSHIFT_ENVIRONMENT", default="development")
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="payshift-insecure-development-key-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# TLS-only settings come from the environment so one build serves plain HTTP on loopback (design.md 2).
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=False)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "payment",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "payshift.urls"
+WSGI_APPLICATION = "payshift.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------
+# SQLite by default (the embedded, zero-service setup); PostgreSQL through DATABASE_URL.
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'payshift.sqlite3'}")}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Web server, Celery worker, beat and the Django Q cluster all write to one file: WAL lets readers
+    # run beside the writer, IMMEDIATE takes the write lock at BEGIN (no deadlock-prone lock upgrades)
+    # and the busy timeout makes a burst wait instead of failing with "database is locked".
+    _db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECONDS", default=30),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+else:
+    _db["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # After a database restart a pooled connection is dead; check it before use instead of answering 503.
+    _db["CONN_HEALTH_CHECKS"] = True
+    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+# The webhook view manages its own transactions; ATOMIC_REQUESTS would hold a transaction open while
+# the broker is contacted.
+_db["ATOMIC_REQUESTS"] = False
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+ADMINS = [tuple(a.split(":", 1)) for a in env.list("DJANGO_ADMINS", default=[])]  # "Name:email"
+EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DJANGO_DEFAULT_FROM_EMAIL", default="payshift@localhost")
+
+# --- Gateways (names fixed by design.md section 2) ----------------------------------------------------
+# Secrets are comma-separated lists for rotation: the first one signs and calls the API, any verifies.
+PAYSTACK_SECRET_KEY: list[str] = env.list("PAYSTACK_SECRET_KEY", default=[])
+PAYSTACK_PUBLIC_KEY = env.str("PAYSTACK_PUBLIC_KEY", default="")
+PAYSTACK_BASE_URL = env.str("PAYSTACK_BASE_URL", default="https://api.paystack.co")
+FLUTTERWAVE_SECRET_KEY: list[str] = env.list("FLUTTERWAVE_SECRET_KEY", default=[])
+FLUTTERWAVE_PUBLIC_KEY = env.str("FLUTTERWAVE_PUBLIC_KEY", default="")
+FLUTTERWAVE_WEBHOOK_HASH: list[str] = env.list("FLUTTERWAVE_WEBHOOK_HASH", default=[])
+FLUTTERWAVE_BASE_URL = env.str("FLUTTERWAVE_BASE_URL", default="https://api.flutterwave.com/v3")
+
+# Which registered gateways accept webhooks (default: every gateway module found in payment/gateways/).
+PAYSHIFT_ENABLED_GATEWAYS: list[str] | None = env.list("PAYSHIFT_ENABLED_GATEWAYS", default=None)
+
+# --- Ingest ---------------------------------------------------------------------------------------------
+PAYSHIFT_WEBHOOK_MAX_BYTES = env.int("PAYSHIFT_WEBHOOK_MAX_BYTES", default=1024 * 1024)
+# Gateways whose published source IPs are enforced (e.g. "paystack"); off by default.
+PAYSHIFT_IP_ALLOWLIST_GATEWAYS: list[str] = env.list("PAYSHIFT_IP_ALLOWLIST_GATEWAYS", default=[])
+# Proxies (IPs or CIDRs) whose X-Forwarded-For is believed when finding the client address.
+PAYSHIFT_TRUSTED_PROXIES: list[str] = env.list("PAYSHIFT_TRUSTED_PROXIES", default=[])
+# Bounded time to hand an event to Celery before falling back to Django Q (seconds), and how long a
+# failed broker is skipped so a dead broker costs one timeout, not one per request.
+PAYSHIFT_BROKER_PUBLISH_TIMEOUT = env.float("PAYSHIFT_BROKER_PUBLISH_TIMEOUT", default=1.0)
+PAYSHIFT_BROKER_CIRCUIT_SECONDS = env.float("PAYSHIFT_BROKER_CIRCUIT_SECONDS", default=5.0)
+
+# --- Processing -----------------------------------------------------------------------------------------
+PAYSHIFT_HTTP_CONNECT_TIMEOUT = env.float("PAYSHIFT_HTTP_CONNECT_TIMEOUT", default=5.0)
+PAYSHIFT_HTTP_READ_TIMEOUT = env.float("PAYSHIFT_HTTP_READ_TIMEOUT", default=30.0)
+PAYSHIFT_CELERY_MAX_RETRIES = env.int("PAYSHIFT_CELERY_MAX_RETRIES", default=5)
+PAYSHIFT_CELERY_RETRY_BASE_SECONDS = env.float("PAYSHIFT_CELERY_RETRY_BASE_SECONDS", default=2.0)
+PAYSHIFT_CELERY_RETRY_MAX_SECONDS = env.float("PAYSHIFT_CELERY_RETRY_MAX_SECONDS", default=300.0)
+PAYSHIFT_Q_MAX_RETRIES = env.int("PAYSHIFT_Q_MAX_RETRIES", default=6)
+PAYSHIFT_Q_RETRY_BASE_SECONDS = env.float("PAYSHIFT_Q_RETRY_BASE_SECONDS", default=60.0)
+PAYSHIFT_Q_RETRY_MAX_SECONDS = env.float("PAYSHIFT_Q_RETRY_MAX_SECONDS", default=3600.0)
+# Pay the customer's excess back automatically when a payment is overpaid.
+PAYSHIFT_REFUND_OVERPAYMENT = env.bool("PAYSHIFT_REFUND_OVERPAYMENT", default=False)
+
+# --- Reconciliation (check_pending_payments) -----------------------------------------------------------
+PAYSHIFT_RECONCILE_INTERVAL_SECONDS = env.int("PAYSHIFT_RECONCILE_INTERVAL_SECONDS", default=60)
+PAYSHIFT_PENDING_RECHECK_SECONDS = env.int("PAYSHIFT_PENDING_RECHECK_SECONDS", default=300)
+PAYSHIFT_PENDING_TTL_SECONDS = env.int("PAYSHIFT_PENDING_TTL_SECONDS", default=24 * 3600)
+PAYSHIFT_SWEEP_AFTER_SECONDS = env.int("PAYSHIFT_SWEEP_AFTER_SECONDS", default=60)
+PAYSHIFT_PROCESSING_STUCK_SECONDS = env.int("PAYSHIFT_PROCESSING_STUCK_SECONDS", default=900)
+PAYSHIFT_UNMATCHED_RETRY_SECONDS = env.int("PAYSHIFT_UNMATCHED_RETRY_SECONDS", default=24 * 3600)
+PAYSHIFT_RECONCILE_BATCH_SIZE = env.int("PAYSHIFT_RECONCILE_BATCH_SIZE", default=500)
+
+# --- Notifications ----------------------------------------------------------------------------------------
+# Staff alerts go here (falls back to ADMINS); the database row is always written.
+PAYSHIFT_STAFF_EMAILS: list[str] = env.list("PAYSHIFT_STAFF_EMAILS", default=[])
+PAYSHIFT_NOTIFICATION_CHANNELS: list[str] = env.list(
+    "PAYSHIFT_NOTIFICATION_CHANNELS", default=["payment.notifications.EmailChannel"]
+)
+
+# --- Celery -------------------------------------------------------------------------------------------
+# Default: kombu's filesystem transport, an embedded broker that needs no server (laptops, demos).
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TIMEZONE = "UTC"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+        "data_folder_in": str(_broker_dir),
+        "data_folder_out": str(_broker_dir),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_connect_timeout": PAYSHIFT_BROKER_PUBLISH_TIMEOUT,
+        "socket_timeout": max(PAYSHIFT_BROKER_PUBLISH_TIMEOUT, 2.0),
+        # A task a killed worker held comes back after this; it must exceed the longest retry countdown.
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+        "retry_on_timeout": False,
+        "max_connections": 50,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_BEAT_SCHEDULE = {
+    "check-pending-payments": {
+        "task": "check_pending_payments",
+        "schedule": float(PAYSHIFT_RECONCILE_INTERVAL_SECONDS),
+    },
+}
+
+# --- Django Q (the fallback queue): ORM broker so it works whenever the database does ----------------------
+Q_CLUSTER = {
+    "name": "payshift",
+    "orm": "default",
+    "workers": env.int("Q_CLUSTER_WORKERS", default=2),
+    "timeout": 120,
+    "retry": 300,
+    "max_attempts": 1,
+    "poll": env.float("Q_CLUSTER_POLL", default=0.5),
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "label": "Django Q",
+}
+
+# --- Logging ------------------------------------------------------------------------------------------------
+PAYMENT_LOG_FILE = env.str("PAYMENT_LOG_FILE", default=str(BASE_DIR / "payment.log"))
+PAYMENT_LOG_MAX_BYTES = env.int("PAYMENT_LOG_MAX_BYTES", default=20 * 1024 * 1024)
+LOG_LEVEL = env.str("PAYSHIFT_LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        # One JSON object a line: grep-able and machine-readable; fields come from `extra=`.
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level"},
+        },
+        "console": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "console"},
+        # Size-rotated by default. Several processes (web workers, Celery, the Q cluster) share the file:
+        # in production set PAYMENT_LOG_MAX_BYTES=0 to get a WatchedFileHandler and rotate with logrotate,
+        # which no single process can do safely for the others.
+        "payment_file": (
+            {
+                "class": "logging.handlers.RotatingFileHandler",
+                "filename": PAYMENT_LOG_FILE,
+                "maxBytes": PAYMENT_LOG_MAX_BYTES,
+                "backupCount": env.int("PAYMENT_LOG_BACKUP_COUNT", default=5),
+                "formatter": "json",
+            }
+            if PAYMENT_LOG_MAX_BYTES
+            else {"class": "logging.handlers.WatchedFileHandler", "filename": PAYMENT_LOG_FILE, "formatter": "json"}
+        ),
+    },
+    "loggers": {
+        "payment": {"handlers": ["console", "payment_file"], "level": LOG_LEVEL, "propagate": False},
+        "django": {"handlers": ["console"], "level": "WARNING"},
+    },
+}
+
+# --- Operations -------------------------------------------------------------------------------------------
+# /metrics needs this token as "Authorization: Bearer <token>" (or a logged-in staff user). Empty = staff only.
+PAYSHIFT_METRICS_TOKEN = env.str("PAYSHIFT_METRICS_TOKEN", default="")

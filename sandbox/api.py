@@ -1,0 +1,131 @@
+"""The shared edge of both gateway APIs: fault injection, Bearer auth, JSON bodies and error envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sandbox.config import SandboxConfig
+from sandbox.faults import FAULT_HEADER, FaultPlan, FaultSpecError, parse_fault_header, roll_faults
+from sandbox.money import dumps
+from sandbox.runtime import Runtime
+
+
+class ApiError(Exception):
+    """Answered with the gateway's error envelope and `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """What a gateway handler gets besides the request: the runtime and the mode of the key used."""
+
+    runtime: Runtime
+    mode: str
+
+
+Handler = Callable[[Request, ApiCall], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The JSON object body; numbers with a fraction become Decimal so no amount passes through float."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "Invalid JSON body") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class GatewayApi:
+    """One gateway's API conventions; `route` wraps a handler with faults, auth and envelopes."""
+
+    name: str
+    error_body: Callable[[str], dict[str, Any]]
+    keys: Callable[[SandboxConfig], tuple[str, ...]]
+    mode_for_key: Callable[[str], str]
+    unauthorised_message: str
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        return json_response(status, self.error_body(message), headers)
+
+    def route(self, path: str, handler: Handler, methods: list[str]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return await self._serve(request, handler)
+
+        return Route(path, endpoint, methods=methods, name=f"{self.name}:{handler.__name__}")
+
+    async def _serve(self, request: Request, handler: Handler) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        header = request.headers.get(FAULT_HEADER)
+        try:
+            plan = (
+                parse_fault_header(header, runtime.faults)
+                if header is not None
+                else roll_faults(runtime.faults, runtime.rng)
+            )
+        except FaultSpecError as exc:
+            return self.error(400, f"Invalid X-Sandbox-Fault header: {exc}")
+        # Faults strike before auth, as an overloaded edge fails before the app looks at the key.
+        if plan.latency_s:
+            await asyncio.sleep(plan.latency_s)
+        if plan.error_status is not None:
+            return self.error(plan.error_status, "An error occurred while processing your request")
+        if plan.rate_limit_retry_after_s is not None:
+            return self.error(
+                429, "Too many requests", headers={"Retry-After": str(plan.rate_limit_retry_after_s)}
+            )
+        response = await self._authorised(request, handler, runtime)
+        return await self._maybe_time_out(plan, response)
+
+    async def _maybe_time_out(self, plan: FaultPlan, response: Response) -> Response:
+        # A timeout loses the answer, not the work: the request has been processed, as can
+        # happen for real (gateways.md: "a timeout is not a failure: query the status").
+        if plan.timeout_s is None:
+            return response
+        await asyncio.sleep(plan.timeout_s)
+        return self.error(503, "Service unavailable: the request timed out")
+
+    async def _authorised(self, request: Request, handler: Handler, runtime: Runtime) -> Response:
+        key = self._matching_key(request.headers.get("authorization", ""), runtime.config)
+        if key is None:
+            return self.error(401, self.unauthorised_message)
+        try:
+            status, body = await handler(request, ApiCall(runtime, self.mode_for_key(key)))
+        except ApiError as exc:
+            return self.error(exc.status, exc.message)
+        return json_response(status, body)
+
+    def _matching_key(self, authorization: str, config: SandboxConfig) -> str | None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        presented = token.strip().encode()
+        match: str | None = None
+        # Compare against every key in constant time; no early exit on the first hit.
+        for key in self.keys(config):
+            if hmac.compare_digest(presented, key.encode()) and match is None:
+                match = key
+        return match

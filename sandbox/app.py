@@ -1,0 +1,40 @@
+"""The sandbox ASGI app: /paystack, /flutterwave/v3, the checkout page and the /_sandbox/ control API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+
+from sandbox import checkout, control, flutterwave, paystack
+from sandbox.config import SandboxConfig
+from sandbox.runtime import Runtime
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(
+    config: SandboxConfig | None = None, *, webhook_transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
+    """Build the app; `webhook_transport` lets tests catch webhooks without a network (httpx.MockTransport).
+
+    Also usable as `uvicorn --factory sandbox.app:create_app` (config from the environment).
+    """
+    runtime = Runtime(config or SandboxConfig.from_env(), webhook_transport)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = Starlette(
+        routes=[*paystack.ROUTES, *flutterwave.ROUTES, *checkout.ROUTES, *control.ROUTES],
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.runtime = runtime
+    return app

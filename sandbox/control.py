@@ -1,0 +1,197 @@
+"""The /_sandbox/ control API for tests and demos: seed transactions, read deliveries, set faults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sandbox import flutterwave, paystack
+from sandbox.faults import FaultSpecError
+from sandbox.money import AmountError, format_major, parse_minor
+from sandbox.runtime import Runtime
+from sandbox.state import GATEWAYS, STATUSES, Checkout, Store, TransactionSpec, iso
+
+Upsert = Callable[[Runtime, TransactionSpec], tuple[Checkout, bool]]
+_UPSERT: dict[str, Upsert] = {
+    paystack.NAME: paystack.control_upsert,
+    flutterwave.NAME: flutterwave.control_upsert,
+}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def transaction_view(store: Store, checkout: Checkout, runtime: Runtime) -> dict[str, Any]:
+    """The neutral view of a reference: amounts in minor units, `id` = the latest gateway transaction id."""
+    attempts = store.attempts(checkout)
+    latest = attempts[-1] if attempts else None
+    return {
+        "gateway": checkout.gateway,
+        "reference": checkout.reference,
+        "id": latest.id if latest else None,
+        "status": checkout.status,
+        "amount": checkout.amount,
+        "charged_amount": latest.amount if latest else None,
+        "verify_amount": latest.verify_amount if latest else None,
+        "amount_display": format_major(checkout.amount, checkout.currency),
+        "currency": checkout.currency,
+        "email": checkout.email,
+        "mode": checkout.mode,
+        "access_code": checkout.access_code,
+        "checkout_url": f"{runtime.config.public_url}/checkout/{checkout.access_code}",
+        "callback_url": checkout.callback_url,
+        "metadata": checkout.metadata,
+        "created_at": iso(checkout.created_at),
+        "paid_at": iso(latest.paid_at) if latest else None,
+        "refunded_amount": latest.refunded if latest else 0,
+        "attempts": [
+            {"id": a.id, "status": a.status, "amount": a.amount, "verify_amount": a.verify_amount}
+            for a in attempts
+        ],
+        "refunds": [
+            {"id": r.id, "amount": r.amount, "status": r.status, "refund_reference": r.refund_reference}
+            for r in store.refunds.values()
+            if r.gateway == checkout.gateway and r.reference == checkout.reference
+        ],
+    }
+
+
+def _optional_int(body: dict[str, Any], name: str) -> int | None:
+    if body.get(name) is None:
+        return None
+    try:
+        return parse_minor(body[name])
+    except AmountError:
+        raise ValueError(f"{name} must be an integer in minor units") from None
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value or None
+
+
+def _spec(body: dict[str, Any]) -> TransactionSpec:
+    gateway = body.get("gateway")
+    if gateway not in GATEWAYS:
+        raise ValueError(f"gateway must be one of {', '.join(GATEWAYS)}")
+    reference = body.get("reference")
+    if not isinstance(reference, str) or not reference:
+        raise ValueError("reference is required")
+    status = _optional_str(body, "status")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+    mode = _optional_str(body, "mode")
+    if mode is not None and mode not in ("test", "live"):
+        raise ValueError("mode must be test or live")
+    amount = _optional_int(body, "amount")
+    if amount is not None and amount <= 0:
+        raise ValueError("amount must be positive")
+    for flag in ("send_webhook", "new_attempt"):
+        if not isinstance(body.get(flag, False), bool):
+            raise ValueError(f"{flag} must be true or false")
+    currency = _optional_str(body, "currency")
+    return TransactionSpec(
+        gateway=gateway,
+        reference=reference,
+        amount=amount,
+        currency=currency.upper() if currency else None,
+        status=status,
+        email=_optional_str(body, "email"),
+        mode=mode,
+        callback_url=_optional_str(body, "callback_url"),
+        metadata=body.get("metadata"),
+        verify_amount=_optional_int(body, "verify_amount"),
+        verify_amount_given="verify_amount" in body,
+        send_webhook=body.get("send_webhook", False),
+        new_attempt=body.get("new_attempt", False),
+    )
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ValueError("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+async def transaction_upsert(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    try:
+        spec = _spec(await _json_object(request))
+        checkout, created = _UPSERT[spec.gateway](runtime, spec)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    with runtime.store.lock:
+        view = transaction_view(runtime.store, checkout, runtime)
+    view["created"] = created
+    return JSONResponse(view, status_code=201)
+
+
+async def transaction_detail(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    key = (request.path_params["gateway"], request.path_params["reference"])
+    with runtime.store.lock:
+        checkout = runtime.store.checkouts.get(key)
+        if checkout is None:
+            return _error(404, "no such transaction")
+        return JSONResponse(transaction_view(runtime.store, checkout, runtime))
+
+
+async def deliveries(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    reference = request.query_params.get("reference")
+    gateway = request.query_params.get("gateway")
+    with runtime.store.lock:
+        rows = [
+            d.as_dict()
+            for d in runtime.store.deliveries
+            if (reference is None or d.reference == reference) and (gateway is None or d.gateway == gateway)
+        ]
+    return JSONResponse({"count": len(rows), "pending_tasks": runtime.pending_tasks, "deliveries": rows})
+
+
+async def faults_get(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(runtime.faults.as_dict())
+
+
+async def faults_set(request: Request) -> JSONResponse:
+    """Merge the given settings into the run-wide faults (POST /_sandbox/reset restores the start values)."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        runtime.faults = runtime.faults.updated(await _json_object(request))
+    except (FaultSpecError, ValueError) as exc:
+        return _error(400, str(exc))
+    return JSONResponse(runtime.faults.as_dict())
+
+
+async def reset(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    await runtime.reset()
+    return JSONResponse({"status": "reset"})
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+ROUTES = [
+    Route("/_sandbox/health", health, methods=["GET"]),
+    Route("/_sandbox/transactions", transaction_upsert, methods=["POST"]),
+    Route("/_sandbox/transactions/{gateway}/{reference}", transaction_detail, methods=["GET"]),
+    Route("/_sandbox/deliveries", deliveries, methods=["GET"]),
+    Route("/_sandbox/faults", faults_get, methods=["GET"]),
+    Route("/_sandbox/faults", faults_set, methods=["POST"]),
+    Route("/_sandbox/reset", reset, methods=["POST"]),
+]

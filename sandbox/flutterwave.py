@@ -1,0 +1,343 @@
+"""Flutterwave v3 emulation: API routes, response and webhook shapes (major units), attempts, refunds."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from sandbox import webhooks
+from sandbox.api import ApiCall, ApiError, GatewayApi, read_json
+from sandbox.config import flutterwave_mode_for_key
+from sandbox.money import AmountError, major_to_minor, minor_to_major
+from sandbox.runtime import Runtime
+from sandbox.state import Charge, Checkout, Store, TransactionSpec, iso, utcnow
+
+NAME = "flutterwave"
+ACCOUNT_ID = 17_321
+# Real Flutterwave answers "No transaction was found for this id" for unknown ids and
+# tx_refs; gateways.md gives no status code, and reports show it with a 400. We answer
+# 404 so a missing transaction is distinguishable from a malformed request; clients
+# should key on the envelope (status "error") and treat any 4xx the same way.
+NOT_FOUND_STATUS = 404
+NOT_FOUND_MESSAGE = "No transaction was found for this id"
+
+API = GatewayApi(
+    name=NAME,
+    error_body=lambda message: {"status": "error", "message": message, "data": None},
+    keys=lambda config: config.flutterwave_secret_keys,
+    mode_for_key=flutterwave_mode_for_key,
+    unauthorised_message="Invalid authorization key",
+)
+
+# Flutterwave webhooks every attempt, failed ones included; one tx_ref may get several ids.
+CHECKOUT_ACTIONS = (
+    ("pay", "Pay successfully"),
+    ("fail", "Fail"),
+    ("abandon", "Abandon"),
+    ("fail-then-pay", "Fail once, then pay"),
+)
+
+# Neutral status -> Flutterwave's word. Flutterwave has no "reversed", and an abandoned
+# (cancelled) checkout creates no transaction at all, so neither is a charge status here.
+_STATUS = {"success": "successful", "failed": "failed", "pending": "pending"}
+_PROCESSOR_RESPONSE = {
+    "success": "Approved by Financial Institution",
+    "failed": "Declined by Financial Institution",
+    "pending": "Pending validation",
+}
+
+
+# ---- shapes -------------------------------------------------------------------------------------
+
+
+def _major(minor: int, currency: str) -> Decimal:
+    return minor_to_major(minor, currency)
+
+
+def _app_fee(amount: int) -> int:
+    """1.4% local card fee in minor units, rounded half up with integer maths."""
+    return (amount * 140 + 5000) // 10000
+
+
+def _card(charge: Charge, *, with_token: bool) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "first_6digits": "553188",
+        "last_4digits": "2950",
+        "issuer": "MASTERCARD  CREDIT",
+        "country": "NG",
+        "type": "MASTERCARD",
+        "expiry": "09/32",
+    }
+    if with_token:
+        card["token"] = f"flw-t1nf-{charge.flw_ref[-24:]}-m03k"
+    return card
+
+
+def _customer(checkout: Checkout) -> dict[str, Any]:
+    return {
+        "id": checkout.customer.id,
+        "name": checkout.customer.name or "Anonymous customer",
+        "phone_number": checkout.customer.phone,
+        "email": checkout.email,
+        "created_at": iso(checkout.created_at),
+    }
+
+
+def transaction_data(
+    checkout: Checkout, charge: Charge, *, amount: int | None = None, webhook: bool = False
+) -> dict[str, Any]:
+    """`data` of verify and of charge.completed; every amount is a major-unit JSON number."""
+    reported = charge.reported_amount if amount is None else amount
+    fee = _app_fee(reported) if charge.status == "success" else 0
+    data: dict[str, Any] = {
+        "id": charge.id,
+        "tx_ref": charge.reference,
+        "flw_ref": charge.flw_ref,
+        "device_fingerprint": "N/A",
+        "amount": _major(reported, charge.currency),
+        "currency": charge.currency,
+        "charged_amount": _major(reported, charge.currency),
+        "app_fee": _major(fee, charge.currency),
+        "merchant_fee": 0,
+        "processor_response": _PROCESSOR_RESPONSE[charge.status],
+        "auth_model": "PIN",
+        "ip": "127.0.0.1",
+        "narration": "CARD Transaction ",
+        "status": _STATUS[charge.status],
+        "payment_type": "card",
+        "created_at": iso(charge.created_at),
+        "account_id": ACCOUNT_ID,
+    }
+    if webhook:
+        data["customer"] = _customer(checkout)
+        data["card"] = _card(charge, with_token=False)
+        return data
+    data["card"] = _card(charge, with_token=True)
+    data["meta"] = checkout.metadata if checkout.metadata != "" else None
+    data["amount_settled"] = _major(reported - fee if charge.status == "success" else 0, charge.currency)
+    data["customer"] = _customer(checkout)
+    return data
+
+
+def charge_completed_webhook(runtime: Runtime, checkout: Checkout, charge: Charge) -> webhooks.Webhook:
+    # webhook_amount_delta makes the body disagree with verify, which stays truthful.
+    amount = charge.reported_amount + runtime.faults.webhook_amount_delta
+    data = transaction_data(checkout, charge, amount=amount, webhook=True)
+    return webhooks.build_flutterwave(runtime, "charge.completed", charge.reference, data, "CARD_TRANSACTION")
+
+
+# ---- API handlers -------------------------------------------------------------------------------
+
+
+def _parse_major(raw: Any, currency: str) -> int:
+    if raw is None or isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
+        raise ApiError(400, "Invalid amount")
+    try:
+        minor = major_to_minor(raw, currency)
+    except AmountError as exc:
+        raise ApiError(400, f"Invalid amount: {exc}") from None
+    if minor <= 0:
+        raise ApiError(400, "Invalid amount")
+    return minor
+
+
+async def payments(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    body = await read_json(request)
+    tx_ref = body.get("tx_ref")
+    if not isinstance(tx_ref, str) or not tx_ref:
+        raise ApiError(400, "tx_ref is required")
+    currency = body.get("currency") or "NGN"
+    if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
+        raise ApiError(400, "Invalid currency")
+    currency = currency.upper()
+    amount = _parse_major(body.get("amount"), currency)
+    redirect_url = body.get("redirect_url")
+    if not isinstance(redirect_url, str) or not redirect_url:
+        raise ApiError(400, "redirect_url is required")
+    customer = body.get("customer")
+    if (
+        not isinstance(customer, dict)
+        or not isinstance(customer.get("email"), str)
+        or "@" not in customer["email"]
+    ):
+        raise ApiError(400, "customer.email is required")
+    runtime = call.runtime
+    with runtime.store.lock:
+        if (NAME, tx_ref) in runtime.store.checkouts:
+            raise ApiError(400, "Duplicate Transaction Reference")
+        # No transaction id yet: Flutterwave creates one per payment attempt.
+        checkout = runtime.store.add_checkout(
+            gateway=NAME,
+            reference=tx_ref,
+            amount=amount,
+            currency=currency,
+            email=customer["email"],
+            mode=call.mode,
+            callback_url=redirect_url,
+            metadata=body.get("meta", ""),
+            customer_name=customer.get("name") if isinstance(customer.get("name"), str) else None,
+            customer_phone=customer.get("phonenumber")
+            if isinstance(customer.get("phonenumber"), str)
+            else None,
+        )
+    link = f"{runtime.config.public_url}/checkout/{checkout.access_code}"
+    return 200, {"status": "success", "message": "Hosted Link", "data": {"link": link}}
+
+
+def _verified(checkout: Checkout, charge: Charge) -> tuple[int, dict[str, Any]]:
+    data = transaction_data(checkout, charge)
+    return 200, {"status": "success", "message": "Transaction fetched successfully", "data": data}
+
+
+def _charge_by_id(store: Store, raw_id: str) -> tuple[Checkout, Charge]:
+    charge = store.charges.get((NAME, int(raw_id))) if raw_id.isdigit() else None
+    if charge is None:
+        raise ApiError(NOT_FOUND_STATUS, NOT_FOUND_MESSAGE)
+    return store.checkouts[(NAME, charge.reference)], charge
+
+
+async def verify(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    store = call.runtime.store
+    with store.lock:
+        checkout, charge = _charge_by_id(store, request.path_params["transaction_id"])
+        return _verified(checkout, charge)
+
+
+async def verify_by_reference(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    tx_ref = request.query_params.get("tx_ref")
+    if not tx_ref:
+        raise ApiError(400, "tx_ref is required")
+    store = call.runtime.store
+    with store.lock:
+        checkout = store.checkouts.get((NAME, tx_ref))
+        attempts = store.attempts(checkout) if checkout else []
+        if checkout is None or not attempts:
+            raise ApiError(NOT_FOUND_STATUS, NOT_FOUND_MESSAGE)
+        # With several attempts on one tx_ref, the successful one is what a merchant needs to see.
+        chosen = next((c for c in reversed(attempts) if c.status == "success"), attempts[-1])
+        return _verified(checkout, chosen)
+
+
+async def refund(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    body = await read_json(request)
+    comments = body.get("comments")
+    if comments is not None and not isinstance(comments, str):
+        raise ApiError(400, "Invalid comments")
+    store = call.runtime.store
+    with store.lock:
+        _checkout, charge = _charge_by_id(store, request.path_params["transaction_id"])
+        if charge.status != "success":
+            raise ApiError(400, "Only successful transactions can be refunded")
+        if charge.refundable == 0:
+            raise ApiError(400, "Transaction has been fully refunded")
+        amount = (
+            charge.refundable if body.get("amount") is None else _parse_major(body["amount"], charge.currency)
+        )
+        if amount > charge.refundable:
+            raise ApiError(400, "Refund amount cannot be greater than the remaining refundable amount")
+        # Flutterwave completes refunds from the available balance at once (status "completed").
+        record = store.add_refund(charge, amount, "completed", merchant_note=comments)
+        record.processed_at = utcnow()
+        data = {
+            "id": record.id,
+            "account_id": ACCOUNT_ID,
+            "tx_id": charge.id,
+            "flw_ref": record.flw_ref,
+            "wallet_id": 74_639,
+            "amount_refunded": _major(amount, charge.currency),
+            "status": record.status,
+            "destination": "payment_source",
+            "meta": {"source": "availablebalance"},
+            "comments": comments,
+            "created_at": iso(record.created_at),
+        }
+    return 200, {"status": "success", "message": "Transaction refund initiated", "data": data}
+
+
+ROUTES: list[Route] = [
+    API.route("/flutterwave/v3/payments", payments, ["POST"]),
+    API.route("/flutterwave/v3/transactions/verify_by_reference", verify_by_reference, ["GET"]),
+    API.route("/flutterwave/v3/transactions/{transaction_id}/verify", verify, ["GET"]),
+    API.route("/flutterwave/v3/transactions/{transaction_id}/refund", refund, ["POST"]),
+]
+
+
+# ---- checkout and control -----------------------------------------------------------------------
+
+
+def complete_checkout(runtime: Runtime, checkout: Checkout, action: str) -> list[tuple[str, str]]:
+    """Apply the customer's choice; answer the redirect query (status, tx_ref, transaction_id)."""
+    plan = {"pay": ["success"], "fail": ["failed"], "fail-then-pay": ["failed", "success"], "abandon": []}
+    if action not in plan:
+        raise ValueError(f"unknown action {action!r}")
+    store = runtime.store
+    batch: list[webhooks.Webhook] = []
+    with store.lock:
+        last: Charge | None = None
+        for status in plan[action]:
+            last = store.add_charge(checkout, status)
+            batch.append(charge_completed_webhook(runtime, checkout, last))
+        if last is None:
+            checkout.status = "abandoned"
+    runtime.send_webhooks(batch)
+    if last is None:
+        return [("status", "cancelled"), ("tx_ref", checkout.reference)]  # cancelled carries no id
+    return [
+        ("status", _STATUS[last.status]),
+        ("tx_ref", checkout.reference),
+        ("transaction_id", str(last.id)),
+    ]
+
+
+def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, bool]:
+    """Create or update a tx_ref for tests; `new_attempt` adds a new transaction id. ValueError = bad input."""
+    status = spec.status
+    if status == "reversed":
+        raise ValueError("Flutterwave has no reversed status")
+    store = runtime.store
+    batch: list[webhooks.Webhook] = []
+    with store.lock:
+        checkout = store.checkouts.get((NAME, spec.reference))
+        created = checkout is None
+        if checkout is None:
+            if spec.amount is None:
+                raise ValueError("amount is required to create a transaction")
+            checkout = store.add_checkout(
+                gateway=NAME,
+                reference=spec.reference,
+                amount=spec.amount,
+                currency=spec.currency or "NGN",
+                email=spec.email or "customer@example.com",
+                mode=spec.mode or flutterwave_mode_for_key(runtime.config.flutterwave_secret_keys[0]),
+                callback_url=spec.callback_url,
+                metadata=spec.metadata if spec.metadata is not None else "",
+            )
+            status = status or "success"
+        else:
+            spec.apply_to_checkout(checkout)
+        charge = store.latest_charge(checkout)
+        if status == "abandoned":
+            if charge is not None:
+                raise ValueError(
+                    "a Flutterwave tx_ref with attempts cannot be abandoned; add a failed attempt"
+                )
+            checkout.status = "abandoned"
+        elif status and (charge is None or spec.new_attempt):
+            charge = store.add_charge(checkout, status)
+        elif charge is not None:
+            charge.amount = checkout.amount
+            charge.currency = checkout.currency
+            charge.mode = checkout.mode
+            if status:
+                store.set_charge_status(checkout, charge, status)
+        if spec.verify_amount_given:
+            if charge is None:
+                raise ValueError("verify_amount needs an attempt (a status other than abandoned)")
+            charge.verify_amount = spec.verify_amount
+        if spec.send_webhook and charge is not None:
+            batch.append(charge_completed_webhook(runtime, checkout, charge))
+    runtime.send_webhooks(batch)
+    return checkout, created

@@ -1,0 +1,308 @@
+"""In-memory gateway state: checkouts, charges, refunds and the webhook delivery log, behind one lock."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+GATEWAYS = ("paystack", "flutterwave")
+
+# Neutral outcome vocabulary used by the control API; each gateway module maps it
+# to its own words (Flutterwave says "successful", Paystack "success").
+STATUSES = ("success", "failed", "abandoned", "pending", "reversed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Both gateways write UTC timestamps with milliseconds and a Z, e.g. 2024-08-22T09:15:02.000Z."""
+    if moment is None:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Customer:
+    id: int
+    email: str
+    code: str
+    name: str | None = None
+    phone: str | None = None
+
+
+@dataclass
+class Charge:
+    """One gateway transaction id: Paystack has one per reference, Flutterwave one per attempt."""
+
+    gateway: str
+    id: int
+    reference: str
+    amount: int  # minor units actually charged
+    currency: str
+    status: str  # neutral status, see STATUSES
+    mode: str
+    created_at: datetime
+    paid_at: datetime | None = None
+    verify_amount: int | None = None  # what the verify API reports instead of `amount`
+    flw_ref: str = ""
+    refunded: int = 0  # minor units already claimed by non-failed refunds
+
+    @property
+    def reported_amount(self) -> int:
+        return self.amount if self.verify_amount is None else self.verify_amount
+
+    @property
+    def refundable(self) -> int:
+        return max(self.reported_amount - self.refunded, 0)
+
+
+@dataclass
+class Checkout:
+    """What initialize / payments created: the merchant's reference and the hosted page behind it."""
+
+    gateway: str
+    reference: str
+    access_code: str
+    amount: int  # minor units requested by the merchant
+    currency: str
+    email: str
+    mode: str
+    customer: Customer
+    created_at: datetime
+    callback_url: str | None = None
+    metadata: Any = ""
+    status: str = "pending"  # neutral status of the latest outcome
+    charge_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Refund:
+    gateway: str
+    id: int
+    charge_id: int
+    reference: str
+    amount: int  # minor units
+    currency: str
+    mode: str
+    status: str
+    created_at: datetime
+    customer_note: str | None = None
+    merchant_note: str | None = None
+    refund_reference: str | None = None  # Paystack fills it only once processed
+    processed_at: datetime | None = None
+    flw_ref: str = ""
+
+
+@dataclass
+class TransactionSpec:
+    """A control-API request to create or update a transaction; None means "leave as is"."""
+
+    gateway: str
+    reference: str
+    amount: int | None = None
+    currency: str | None = None
+    status: str | None = None
+    email: str | None = None
+    mode: str | None = None
+    callback_url: str | None = None
+    metadata: Any = None
+    verify_amount: int | None = None
+    verify_amount_given: bool = False  # lets `"verify_amount": null` clear an earlier value
+    send_webhook: bool = False
+    new_attempt: bool = False
+
+    def apply_to_checkout(self, checkout: Checkout) -> None:
+        if self.amount is not None:
+            checkout.amount = self.amount
+        if self.currency:
+            checkout.currency = self.currency
+        if self.email:
+            checkout.email = self.email
+        if self.mode:
+            checkout.mode = self.mode
+        if self.callback_url:
+            checkout.callback_url = self.callback_url
+        if self.metadata is not None:
+            checkout.metadata = self.metadata
+
+
+@dataclass
+class Delivery:
+    id: int
+    gateway: str
+    url: str
+    event: str
+    reference: str
+    attempt: int
+    copy: int  # 0 = the original send, 1.. = injected duplicates of the same bytes
+    status_code: int | None
+    error: str | None
+    at: datetime
+    duration_ms: int
+    body: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "gateway": self.gateway,
+            "url": self.url,
+            "event": self.event,
+            "reference": self.reference,
+            "attempt": self.attempt,
+            "copy": self.copy,
+            "status_code": self.status_code,
+            "error": self.error,
+            "ok": self.status_code == 200,
+            "at": iso(self.at),
+            "duration_ms": self.duration_ms,
+            "body": self.body,
+        }
+
+
+class Store:
+    """All sandbox state. Callers hold `lock` around any read-modify-write; nothing here awaits."""
+
+    def __init__(self, max_deliveries: int = 10_000) -> None:
+        self.lock = threading.Lock()
+        self._max_deliveries = max_deliveries
+        self.reset()
+
+    def reset(self) -> None:
+        # Ids look like the gateways' (large ints) so clients never assume small counters.
+        self._charge_ids = {
+            "paystack": itertools.count(4_099_260_516),
+            "flutterwave": itertools.count(288_200_108),
+        }
+        self._refund_ids = itertools.count(3_018_284)
+        self._customer_ids = itertools.count(181_873_746)
+        self._delivery_ids = itertools.count(1)
+        self.checkouts: dict[tuple[str, str], Checkout] = {}
+        self.checkouts_by_code: dict[str, Checkout] = {}
+        self.charges: dict[tuple[str, int], Charge] = {}
+        self.refunds: dict[tuple[str, int], Refund] = {}
+        self.customers: dict[str, Customer] = {}
+        self.deliveries: deque[Delivery] = deque(maxlen=self._max_deliveries)
+
+    def customer_for(self, email: str) -> Customer:
+        customer = self.customers.get(email.lower())
+        if customer is None:
+            customer = Customer(
+                id=next(self._customer_ids),
+                email=email,
+                code="CUS_" + secrets.token_hex(8),
+            )
+            self.customers[email.lower()] = customer
+        return customer
+
+    def add_checkout(
+        self,
+        *,
+        gateway: str,
+        reference: str,
+        amount: int,
+        currency: str,
+        email: str,
+        mode: str,
+        callback_url: str | None = None,
+        metadata: Any = "",
+        customer_name: str | None = None,
+        customer_phone: str | None = None,
+    ) -> Checkout:
+        access_code = secrets.token_urlsafe(12) if gateway == "paystack" else secrets.token_hex(12)
+        customer = self.customer_for(email)
+        if customer_name:
+            customer.name = customer_name
+        if customer_phone:
+            customer.phone = customer_phone
+        checkout = Checkout(
+            gateway=gateway,
+            reference=reference,
+            access_code=access_code,
+            amount=amount,
+            currency=currency,
+            email=email,
+            mode=mode,
+            customer=customer,
+            created_at=utcnow(),
+            callback_url=callback_url,
+            metadata=metadata,
+        )
+        self.checkouts[(gateway, reference)] = checkout
+        self.checkouts_by_code[access_code] = checkout
+        return checkout
+
+    def add_charge(self, checkout: Checkout, status: str, amount: int | None = None) -> Charge:
+        gateway = checkout.gateway
+        charge_id = next(self._charge_ids[gateway])
+        now = utcnow()
+        charge = Charge(
+            gateway=gateway,
+            id=charge_id,
+            reference=checkout.reference,
+            amount=checkout.amount if amount is None else amount,
+            currency=checkout.currency,
+            status=status,
+            mode=checkout.mode,
+            created_at=now,
+            paid_at=now if status == "success" else None,
+            flw_ref=f"FLW-MOCK-{secrets.token_hex(16)}" if gateway == "flutterwave" else "",
+        )
+        self.charges[(gateway, charge_id)] = charge
+        checkout.charge_ids.append(charge_id)
+        checkout.status = status
+        return charge
+
+    def set_charge_status(self, checkout: Checkout, charge: Charge, status: str) -> None:
+        if status in ("success", "reversed"):
+            charge.paid_at = charge.paid_at or utcnow()
+        else:
+            charge.paid_at = None
+        charge.status = status
+        if checkout.charge_ids and checkout.charge_ids[-1] == charge.id:
+            checkout.status = status
+
+    def latest_charge(self, checkout: Checkout) -> Charge | None:
+        if not checkout.charge_ids:
+            return None
+        return self.charges[(checkout.gateway, checkout.charge_ids[-1])]
+
+    def attempts(self, checkout: Checkout) -> list[Charge]:
+        return [self.charges[(checkout.gateway, charge_id)] for charge_id in checkout.charge_ids]
+
+    def add_refund(
+        self,
+        charge: Charge,
+        amount: int,
+        status: str,
+        customer_note: str | None = None,
+        merchant_note: str | None = None,
+    ) -> Refund:
+        refund = Refund(
+            gateway=charge.gateway,
+            id=next(self._refund_ids),
+            charge_id=charge.id,
+            reference=charge.reference,
+            amount=amount,
+            currency=charge.currency,
+            mode=charge.mode,
+            status=status,
+            created_at=utcnow(),
+            customer_note=customer_note,
+            merchant_note=merchant_note,
+            flw_ref=f"URF_{secrets.token_hex(8)}" if charge.gateway == "flutterwave" else "",
+        )
+        charge.refunded += amount
+        self.refunds[(charge.gateway, refund.id)] = refund
+        return refund
+
+    def record_delivery(self, **fields: Any) -> Delivery:
+        delivery = Delivery(id=next(self._delivery_ids), at=utcnow(), **fields)
+        self.deliveries.append(delivery)
+        return delivery
