@@ -194,7 +194,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "socket_connect_timeout": PAYSHIFT_BROKER_PUBLISH_TIMEOUT,
-        "socket_timeout": max(PAYSHIFT_BROKER_PUBLISH_TIMEOUT, 2.0),
+        "socket_timeout": PAYSHIFT_BROKER_PUBLISH_TIMEOUT,
         # A task a killed worker held comes back after this; it must exceed the longest retry countdown.
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
         "retry_on_timeout": False,
