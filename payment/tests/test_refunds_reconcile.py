@@ -1,0 +1,290 @@
+"""Refunds (request, submit, webhooks, polling), the periodic check, the sweep and the retry hand-offs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+import respx
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_q.models import OrmQ, Schedule
+
+from payment import q_tasks, services, tasks
+from payment.gateways.base import json_dumps
+from payment.models import (
+    EventStatus,
+    Notification,
+    NotificationKind,
+    Payment,
+    PaymentStatus,
+    PaymentTransition,
+    Refund,
+    RefundStatus,
+    WebhookEvent,
+)
+
+from .conftest import FLW_API, PAYSTACK_API, flutterwave_verify_answer, paystack_charge, paystack_verify_answer, signed_post
+from .test_processing import make_payment
+
+pytestmark = pytest.mark.django_db
+
+
+def paid(reference: str, **kw: Any) -> Payment:
+    return make_payment(reference, status=PaymentStatus.SUCCESS, amount_paid=kw.pop("amount_paid", 500000),
+                        gateway_transaction_id=kw.pop("gateway_transaction_id", "1001"), **kw)
+
+
+def refund_answer(amount: int, refund_id: int = 77, status: str = "pending") -> dict[str, Any]:
+    return {"status": True, "message": "Refund has been queued for processing", "data": {
+        "transaction": {"id": 1001, "reference": "x", "amount": 500000, "currency": "NGN"},
+        "id": refund_id, "amount": amount, "currency": "NGN", "status": status,
+        "expected_at": "2026-12-03T00:00:00.000Z"}}
+
+
+# --- refund requests ------------------------------------------------------------------------------------
+def test_refund_over_paid_amount_refused():
+    payment = paid("R-OVER")
+    with pytest.raises(services.RefundNotAllowedError):
+        services.refund_request(payment.pk, amount=500001, idempotency_key="k1")
+    assert not Refund.objects.exists()
+
+
+def test_refund_of_unpaid_payment_refused():
+    payment = make_payment("R-PENDING")
+    with pytest.raises(services.RefundNotAllowedError):
+        services.refund_request(payment.pk, idempotency_key="k2")
+
+
+def test_refund_counts_open_refunds_and_is_idempotent(django_capture_on_commit_callbacks):
+    payment = paid("R-IDEM")
+    with mock.patch("payment.queueing.refund_dispatch"), django_capture_on_commit_callbacks(execute=True):
+        first = services.refund_request(payment.pk, amount=300000, idempotency_key="same")
+        again = services.refund_request(payment.pk, amount=300000, idempotency_key="same")
+        assert first.pk == again.pk
+        with pytest.raises(services.RefundNotAllowedError):  # 300000 already open: only 200000 left
+            services.refund_request(payment.pk, amount=300000, idempotency_key="other")
+        with pytest.raises(services.RefundNotAllowedError):  # same key, different amount
+            services.refund_request(payment.pk, amount=1000, idempotency_key="same")
+        rest = services.refund_request(payment.pk, idempotency_key="rest")
+    assert rest.amount == 200000
+
+
+@respx.mock
+def test_refund_submit_then_webhook_closes_partial_then_full(client, django_capture_on_commit_callbacks):
+    payment = paid("R-FLOW")
+    respx.post(f"{PAYSTACK_API}/refund").mock(return_value=httpx.Response(200, content=json_dumps(
+        refund_answer(200000))))
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, amount=200000, idempotency_key="flow-1")
+    assert services.refund_submit(refund.pk) == RefundStatus.PROCESSING
+    assert services.refund_submit(refund.pk) == RefundStatus.PROCESSING  # second run: no second POST
+    assert respx.calls.call_count == 1
+    body = {"event": "refund.processed", "data": {"status": "processed", "transaction_reference": "R-FLOW",
+                                                  "refund_reference": "TRF_1", "amount": "200000",
+                                                  "currency": "NGN", "domain": "test"}}
+    assert signed_post(client, "paystack", body).status_code == 200
+    event = WebhookEvent.objects.get(kind="refund")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.webhook_event_process(event.pk, via="test")
+    refund.refresh_from_db()
+    payment.refresh_from_db()
+    assert refund.status == RefundStatus.PROCESSED
+    assert (payment.status, payment.amount_refunded) == (PaymentStatus.PARTIALLY_REFUNDED, 200000)
+    assert Notification.objects.filter(payment=payment, kind=NotificationKind.PAYMENT_REFUNDED).count() == 1
+
+
+def test_refund_webhook_for_dashboard_refund_records_it(client, django_capture_on_commit_callbacks):
+    payment = paid("R-DASH")
+    body = {"event": "refund.processed", "data": {"status": "processed", "transaction_reference": "R-DASH",
+                                                  "refund_reference": "TRF_9", "amount": "500000",
+                                                  "currency": "NGN", "domain": "test"}}
+    signed_post(client, "paystack", body)
+    signed_post(client, "paystack", body)  # duplicate delivery
+    event = WebhookEvent.objects.get(kind="refund")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.webhook_event_process(event.pk, via="test")
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.REFUNDED
+    assert Refund.objects.get(payment=payment).amount == 500000
+
+
+@respx.mock
+def test_refund_timeout_is_not_resent_blindly():
+    payment = paid("R-TIMEOUT")
+    route = respx.post(f"{PAYSTACK_API}/refund").mock(side_effect=httpx.ReadTimeout("slow"))
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, idempotency_key="t-1")
+    assert services.refund_submit(refund.pk) == RefundStatus.PENDING
+    assert services.refund_submit(refund.pk) == RefundStatus.PENDING
+    assert route.call_count == 1
+    refund.refresh_from_db()
+    assert "outcome unknown" in refund.last_error
+
+
+@respx.mock
+def test_refund_flutterwave_uses_transaction_id_and_major_units():
+    payment = paid("R-FLW", gateway="flutterwave", gateway_transaction_id="555")
+    route = respx.post(f"{FLW_API}/transactions/555/refund").mock(return_value=httpx.Response(200, content=json_dumps(
+        {"status": "success", "message": "Transaction refund initiated", "data": {
+            "id": 9, "tx_id": 555, "flw_ref": "x", "amount_refunded": 1500.5, "status": "completed",
+            "created_at": "2026-11-26T00:00:00Z"}})))
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, amount=150050, idempotency_key="flw-1")
+    assert services.refund_submit(refund.pk) == RefundStatus.PROCESSED
+    assert route.calls.last.request.content == b'{"amount":1500.5,"comments":"refund"}'
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PARTIALLY_REFUNDED
+
+
+# --- reconciliation -----------------------------------------------------------------------------------
+def _age(payment: Payment, seconds: int) -> None:
+    Payment.objects.filter(pk=payment.pk).update(created_at=timezone.now() - timedelta(seconds=seconds))
+
+
+@respx.mock
+def test_check_pending_payments_settles_a_missed_webhook(django_capture_on_commit_callbacks):
+    payment = make_payment("REC-1")
+    _age(payment, 3600)
+    respx.get(f"{PAYSTACK_API}/transaction/verify/REC-1").mock(return_value=httpx.Response(
+        200, content=json_dumps(paystack_verify_answer("REC-1"))))
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = tasks.check_pending_payments()
+    payment.refresh_from_db()
+    assert counts["verified"] == 1 and payment.status == PaymentStatus.SUCCESS
+    assert PaymentTransition.objects.get(payment=payment).source == "reconcile"
+
+
+@respx.mock
+def test_check_pending_payments_abandons_only_after_ttl(settings):
+    young, old = make_payment("REC-YOUNG"), make_payment("REC-OLD")
+    _age(young, 3600)
+    _age(old, settings.PAYSHIFT_PENDING_TTL_SECONDS + 60)
+    for ref in ("REC-YOUNG", "REC-OLD"):
+        respx.get(f"{PAYSTACK_API}/transaction/verify/{ref}").mock(return_value=httpx.Response(
+            200, content=json_dumps(paystack_verify_answer(ref, status="abandoned"))))
+    services.pending_payments_check(time_budget_seconds=10)
+    young.refresh_from_db()
+    old.refresh_from_db()
+    assert young.status == PaymentStatus.PENDING  # the customer may still be on the checkout page
+    assert old.status == PaymentStatus.ABANDONED
+
+
+@respx.mock
+def test_check_pending_payments_unknown_to_gateway_after_ttl_is_abandoned(settings):
+    payment = make_payment("REC-GHOST")
+    _age(payment, settings.PAYSHIFT_PENDING_TTL_SECONDS + 60)
+    respx.get(f"{PAYSTACK_API}/transaction/verify/REC-GHOST").mock(return_value=httpx.Response(
+        400, content=b'{"status":false,"message":"Transaction reference not found"}'))
+    services.pending_payments_check(time_budget_seconds=10)
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.ABANDONED
+
+
+@respx.mock
+def test_check_pending_payments_works_in_batches(settings):
+    settings.PAYSHIFT_RECONCILE_BATCH_SIZE = 3
+    for i in range(10):
+        _age(make_payment(f"REC-B{i}"), 3600)
+    respx.get(url__regex=rf"{PAYSTACK_API}/transaction/verify/REC-B\d+").mock(side_effect=lambda request: httpx.Response(
+        200, content=json_dumps(paystack_verify_answer(request.url.path.rsplit("/", 1)[-1], status="ongoing"))))
+    with CaptureQueriesContext(connection) as queries:
+        counts = services.pending_payments_check(time_budget_seconds=10)
+    assert counts["verified"] == 10
+    batch_selects = [q["sql"] for q in queries.captured_queries if "LIMIT 3" in q["sql"]]
+    assert len(batch_selects) >= 4  # 10 rows / 3 per batch, never one big SELECT
+    assert Payment.objects.filter(last_verified_at__isnull=True).count() == 0
+
+
+@respx.mock
+def test_check_pending_payments_flutterwave_verifies_by_reference():
+    payment = make_payment("REC-FLW", gateway="flutterwave")
+    _age(payment, 3600)
+    route = respx.get(f"{FLW_API}/transactions/verify_by_reference", params={"tx_ref": "REC-FLW"}).mock(
+        return_value=httpx.Response(200, content=json_dumps(flutterwave_verify_answer("REC-FLW"))))
+    services.pending_payments_check(time_budget_seconds=10)
+    payment.refresh_from_db()
+    assert route.called and payment.status == PaymentStatus.SUCCESS
+
+
+def test_sweep_redispatches_stuck_events(client, settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    from payshift.celery import app
+
+    saved = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    app._pool = None
+    try:
+        signed_post(client, "paystack", paystack_charge("SWEEP-1"))
+        event = WebhookEvent.objects.get()
+        WebhookEvent.objects.filter(pk=event.pk).update(status=EventStatus.RECEIVED,
+                                                        updated_at=timezone.now() - timedelta(minutes=10))
+        fresh_ref = paystack_charge("SWEEP-FRESH")
+        signed_post(client, "paystack", fresh_ref)
+        counts = services.pending_payments_check(time_budget_seconds=5)
+    finally:
+        app.conf.broker_url = saved
+        app._pool = None
+    assert counts["swept"] == 1  # the fresh event is left alone
+    assert OrmQ.objects.count() == 1
+    event.refresh_from_db()
+    assert event.status == EventStatus.QUEUED
+
+
+# --- retry hand-offs ----------------------------------------------------------------------------------
+@respx.mock
+def test_celery_retries_exhausted_hand_over_to_django_q(client, settings):
+    settings.PAYSHIFT_CELERY_MAX_RETRIES = 2
+    make_payment("RETRY-1")
+    signed_post(client, "paystack", paystack_charge("RETRY-1"))
+    event = WebhookEvent.objects.get()
+    route = respx.get(f"{PAYSTACK_API}/transaction/verify/RETRY-1").mock(return_value=httpx.Response(503))
+    result = tasks.process_payment_webhook.apply(args=[event.pk])  # eager: retries run inline
+    assert result.get() == "handed_to_django_q"
+    assert route.call_count == 3  # first try + 2 retries
+    schedule = Schedule.objects.get(func="payment.q_tasks.process_payment_webhook_q")
+    assert schedule.args == f"{event.pk},1"
+    event.refresh_from_db()
+    assert event.status == EventStatus.FAILED and event.next_attempt_at is not None
+
+
+@respx.mock
+def test_celery_permanent_error_not_retried(client):
+    make_payment("RETRY-PERM")
+    signed_post(client, "paystack", paystack_charge("RETRY-PERM"))
+    event = WebhookEvent.objects.get()
+    route = respx.get(f"{PAYSTACK_API}/transaction/verify/RETRY-PERM").mock(
+        return_value=httpx.Response(401, content=b'{"status":false,"message":"Invalid key"}'))
+    assert tasks.process_payment_webhook.apply(args=[event.pk]).get() == EventStatus.DEAD
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_django_q_retries_exhausted_event_dead_with_staff_notification(client, settings,
+                                                                      django_capture_on_commit_callbacks):
+    settings.PAYSHIFT_Q_MAX_RETRIES = 3
+    settings.PAYSHIFT_STAFF_EMAILS = ["ops@example.com"]
+    payment = make_payment("RETRY-Q")
+    signed_post(client, "paystack", paystack_charge("RETRY-Q"))
+    event = WebhookEvent.objects.get()
+    respx.get(f"{PAYSTACK_API}/transaction/verify/RETRY-Q").mock(return_value=httpx.Response(502))
+    assert q_tasks.process_payment_webhook_q(event.pk, 1) == "retry_scheduled"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert q_tasks.process_payment_webhook_q(event.pk, 3) == "dead"
+    event.refresh_from_db()
+    assert event.status == EventStatus.DEAD
+    note = Notification.objects.get(kind=NotificationKind.EVENT_DEAD)
+    assert note.payment_id == payment.pk and note.delivered_at is not None
+    from django.core import mail
+
+    assert [m.to for m in mail.outbox] == [["ops@example.com"]]
+
+
+def test_django_q_fallback_schedule_skips_while_beat_is_alive():
+    services.heartbeat("check_pending_payments")
+    assert q_tasks.check_pending_payments_q() == "beat_is_alive"
+    assert Schedule.objects.filter(func="payment.q_tasks.check_pending_payments_q").exists()  # migration 0002
