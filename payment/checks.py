@@ -24,7 +24,7 @@ def payshift_checks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             messages.append((Error if production else Warning)(
                 f"Gateway {name!r} is enabled but has no webhook secret: every webhook will be refused (401).",
                 hint=f"Set {gateway.secret_setting} or remove {name!r} from PAYSHIFT_ENABLED_GATEWAYS.",
-                id="payshift.E001",
+                id="payshift.E001" if production else "payshift.W001",
             ))
         if production:
             base_url = getattr(settings, gateway.base_url_setting, "")

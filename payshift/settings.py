@@ -47,6 +47,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files from gunicorn, so the one-command start needs no web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -266,3 +268,5 @@ LOGGING = {
 # --- Operations -------------------------------------------------------------------------------------------
 # /metrics needs this token as "Authorization: Bearer <token>" (or a logged-in staff user). Empty = staff only.
 PAYSHIFT_METRICS_TOKEN = env.str("PAYSHIFT_METRICS_TOKEN", default="")
+# The local gateway sandbox's root (control API), used by test_webhook to seed what the verify API reports.
+PAYSHIFT_SANDBOX_URL = env.str("PAYSHIFT_SANDBOX_URL", default="")

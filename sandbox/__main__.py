@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -107,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"webhooks to {config.webhook_base_url}; faults {_active(config.faults)}",
         file=sys.stderr,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; exit 0 so
+    # scripts that `kill` the sandbox see a clean stop (SIGINT already ends with 0).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     # One process, one worker: all state lives in this process's memory.
     uvicorn.run(
         create_app(config),
@@ -117,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=1,
     )
     return 0
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _active(faults: Faults) -> str:

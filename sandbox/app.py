@@ -7,12 +7,28 @@ from contextlib import asynccontextmanager
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 
 from sandbox import checkout, control, flutterwave, paystack
 from sandbox.config import SandboxConfig
 from sandbox.runtime import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024
+_APIS = (("/paystack/", paystack.API), ("/flutterwave/", flutterwave.API))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods under a gateway prefix answer in that gateway's JSON envelope.
+
+    A client with a wrong base URL then still gets JSON it can log, like from the real APIs.
+    """
+    assert isinstance(exc, HTTPException)
+    for prefix, api in _APIS:
+        if request.url.path.startswith(prefix):
+            return api.error(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(
@@ -35,6 +51,7 @@ def create_app(
         routes=[*paystack.ROUTES, *flutterwave.ROUTES, *checkout.ROUTES, *control.ROUTES],
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
+        exception_handlers={HTTPException: _http_error},
     )
     app.state.runtime = runtime
     return app

@@ -36,10 +36,9 @@ class Faults:
 
     def updated(self, changes: dict[str, Any]) -> Faults:
         """A copy with `changes` applied; unknown names and out-of-range values raise FaultSpecError."""
-        known = {f.name: f.type for f in dataclasses.fields(self)}
         values = self.as_dict()
         for name, raw in changes.items():
-            if name not in known:
+            if name not in values:
                 raise FaultSpecError(f"unknown fault setting {name!r}")
             values[name] = _coerce(name, raw, type(values[name]))
         result = Faults(**values)

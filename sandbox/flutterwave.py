@@ -293,38 +293,38 @@ def complete_checkout(runtime: Runtime, checkout: Checkout, action: str) -> list
 
 
 def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, bool]:
-    """Create or update a tx_ref for tests; `new_attempt` adds a new transaction id. ValueError = bad input."""
-    status = spec.status
-    if status == "reversed":
+    """Create or update a tx_ref for tests; `new_attempt` adds a transaction id. ValueError = bad input."""
+    if spec.status == "reversed":
         raise ValueError("Flutterwave has no reversed status")
     store = runtime.store
     batch: list[webhooks.Webhook] = []
     with store.lock:
         checkout = store.checkouts.get((NAME, spec.reference))
         created = checkout is None
+        charge = store.latest_charge(checkout) if checkout else None
+        status = spec.status or ("success" if created or spec.new_attempt else None)
+        # Check everything before changing anything, so a refused request leaves no trace.
+        if created and spec.amount is None:
+            raise ValueError("amount is required to create a transaction")
+        if status == "abandoned" and charge is not None:
+            raise ValueError("a tx_ref with attempts cannot be abandoned; add a failed attempt instead")
+        if spec.verify_amount_given and charge is None and status in (None, "abandoned"):
+            raise ValueError("verify_amount needs an attempt (a status other than abandoned)")
         if checkout is None:
-            if spec.amount is None:
-                raise ValueError("amount is required to create a transaction")
             checkout = store.add_checkout(
                 gateway=NAME,
                 reference=spec.reference,
-                amount=spec.amount,
+                amount=spec.amount or 0,
                 currency=spec.currency or "NGN",
                 email=spec.email or "customer@example.com",
                 mode=spec.mode or flutterwave_mode_for_key(runtime.config.flutterwave_secret_keys[0]),
                 callback_url=spec.callback_url,
                 metadata=spec.metadata if spec.metadata is not None else "",
             )
-            status = status or "success"
         else:
             spec.apply_to_checkout(checkout)
-        charge = store.latest_charge(checkout)
         if status == "abandoned":
-            if charge is not None:
-                raise ValueError(
-                    "a Flutterwave tx_ref with attempts cannot be abandoned; add a failed attempt"
-                )
-            checkout.status = "abandoned"
+            checkout.status = "abandoned"  # no attempt, so no transaction id, as at Flutterwave
         elif status and (charge is None or spec.new_attempt):
             charge = store.add_charge(checkout, status)
         elif charge is not None:
@@ -333,9 +333,7 @@ def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, b
             charge.mode = checkout.mode
             if status:
                 store.set_charge_status(checkout, charge, status)
-        if spec.verify_amount_given:
-            if charge is None:
-                raise ValueError("verify_amount needs an attempt (a status other than abandoned)")
+        if spec.verify_amount_given and charge is not None:
             charge.verify_amount = spec.verify_amount
         if spec.send_webhook and charge is not None:
             batch.append(charge_completed_webhook(runtime, checkout, charge))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal, InvalidOperation
+from json.encoder import encode_basestring
 from typing import Any
 
 # ISO 4217 minor-unit exponents that differ from the usual 2. Only Flutterwave
@@ -90,13 +90,25 @@ def dumps(value: Any) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
 def _encode(value: Any, out: list[str]) -> None:
-    if isinstance(value, dict):
+    # Hot path (every verify answer): the C string escaper, no per-value json.dumps calls.
+    if isinstance(value, str):
+        out.append(encode_basestring(value))
+    elif value is None or isinstance(value, bool):
+        out.append(_CONSTANTS[value])
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, dict):
         out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
+        first = True
+        for key, item in value.items():
+            if not first:
                 out.append(",")
-            out.append(json.dumps(str(key), ensure_ascii=False))
+            first = False
+            out.append(encode_basestring(str(key)))
             out.append(":")
             _encode(item, out)
         out.append("}")
@@ -112,8 +124,7 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, float):
         raise TypeError("floats are not allowed in sandbox payloads; use Decimal")
     else:
-        # str, int, bool, None: the stdlib gets these exactly right.
-        out.append(json.dumps(value, ensure_ascii=False))
+        raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def _decimal_text(value: Decimal) -> str:

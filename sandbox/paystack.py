@@ -143,7 +143,7 @@ def _refund_data(refund: Refund, store: Store) -> dict[str, Any]:
         "status": refund.status,
         "refunded_by": checkout.email,
         "refunded_at": iso(refund.processed_at),
-        "expected_at": iso(refund.created_at + timedelta(days=1)),
+        "expected_at": iso(refund.expected_at),
         "customer_note": refund.customer_note,
         "merchant_note": refund.merchant_note,
         "refund_reference": refund.refund_reference,
@@ -308,8 +308,8 @@ async def refund_create(request: Request, call: ApiCall) -> tuple[int, dict[str,
             customer_note=body.get("customer_note"),
             merchant_note=body.get("merchant_note"),
         )
+        refund.expected_at = refund.created_at + timedelta(milliseconds=runtime.config.refund_delay_ms)
         data = _refund_data(refund, store)
-        data["expected_at"] = iso(refund.created_at + timedelta(milliseconds=runtime.config.refund_delay_ms))
         data["transaction"] = {
             "id": charge.id,
             "domain": charge.mode,

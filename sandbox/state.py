@@ -97,6 +97,7 @@ class Refund:
     merchant_note: str | None = None
     refund_reference: str | None = None  # Paystack fills it only once processed
     processed_at: datetime | None = None
+    expected_at: datetime | None = None
     flw_ref: str = ""
 
 

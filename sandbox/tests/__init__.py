@@ -1,0 +1,1 @@
+"""Tests for the gateway sandbox (run without Django: `pytest sandbox/tests -p no:django`)."""
