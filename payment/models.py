@@ -47,7 +47,7 @@ class Payment(models.Model):
     gateway_transaction_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     amount_paid = models.BigIntegerField(null=True, blank=True, help_text="What the gateway's API reported.")
     amount_refunded = models.BigIntegerField(default=0)
-    review_reason = models.CharField(max_length=32, choices=ReviewReason.choices, null=True, blank=True)
+    review_reason = models.CharField(max_length=32, choices=ReviewReason.choices, blank=True, default="")
     checkout_url = models.URLField(max_length=500, blank=True, default="")
     paid_at = models.DateTimeField(null=True, blank=True)
     # Reconciliation walks pending payments oldest-checked first, in batches.

@@ -18,7 +18,7 @@ def currency_exponent(currency: str) -> int:
 
 def major_to_minor(value: object, currency: str) -> int:
     """Convert a major-unit amount (int, Decimal or numeric string) to exact minor units."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         # JSON is parsed with parse_float=Decimal; a float here means someone lost precision already.
         raise MoneyError("float amounts are not accepted")
     try:

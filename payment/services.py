@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -56,7 +56,7 @@ _REVIEW_EXITS = frozenset({TransitionSource.STAFF, TransitionSource.REFUND})
 # Statuses in which a charge event can still change something (else it is "already applied").
 OPEN_STATUSES = frozenset({S.PENDING, S.FAILED, S.ABANDONED})
 
-_CUSTOMER_NOTIFICATIONS = {
+_CUSTOMER_NOTIFICATIONS: dict[str, str] = {
     S.SUCCESS: NotificationKind.PAYMENT_SUCCEEDED,
     S.FAILED: NotificationKind.PAYMENT_FAILED,
     S.REFUNDED: NotificationKind.PAYMENT_REFUNDED,
@@ -323,7 +323,7 @@ def _verification_apply(payment: Payment, verification: base.Verification, *, so
                                              allow_unpaid_final=allow_unpaid_final)
     if target is None:
         return ""
-    if target == S.SUCCESS or target == S.REVIEW:
+    if target in (S.SUCCESS, S.REVIEW):
         payment.amount_paid = verification.amount
         if verification.gateway_transaction_id:
             payment.gateway_transaction_id = verification.gateway_transaction_id
@@ -353,7 +353,7 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     now = timezone.now()
     payment.status = to_status
     if to_status == S.REVIEW:
-        payment.review_reason = review_reason
+        payment.review_reason = review_reason or ""
     if to_status == S.SUCCESS and payment.paid_at is None:
         payment.paid_at = now
     payment.last_verified_at = now
@@ -387,10 +387,11 @@ def _customer_message(payment: Payment, status: str) -> str:
     from .money import minor_to_major
 
     amount = f"{minor_to_major(payment.amount, payment.currency)} {payment.currency}"
-    return {
+    messages: dict[str, str] = {
         S.SUCCESS: f"We received your payment of {amount} (reference {payment.reference}).",
         S.FAILED: f"Your payment of {amount} (reference {payment.reference}) did not go through.",
-    }.get(status, f"A refund on your payment {payment.reference} of {amount} has been issued.")
+    }
+    return messages.get(status, f"A refund on your payment {payment.reference} of {amount} has been issued.")
 
 
 def _notification_create(**fields: Any) -> Notification | None:
@@ -458,7 +459,7 @@ def _refund_event_apply(event: WebhookEvent) -> str:
                 return _event_finish(event, EventStatus.PROCESSED, payment=locked,
                                      error="refund event with no open refund: nothing to update")
             # A refund made on the gateway's dashboard: record it so our books match theirs.
-            refund, created = Refund.objects.get_or_create(
+            refund, _created = Refund.objects.get_or_create(
                 idempotency_key=f"webhook:{event.gateway}:{event.dedupe_key}"[:100],
                 defaults={"payment": locked, "amount": amount, "currency": locked.currency,
                           "status": RefundStatus.PROCESSING, "reason": "refunded at the gateway",
@@ -491,7 +492,7 @@ def _refund_status_apply(refund: Refund, payment: Payment, status: str, *, event
         refund.save(update_fields=["status", "updated_at"])
 
 
-_EVENT_HANDLERS = {
+_EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
     EventKind.CHARGE: _charge_event_apply,
     EventKind.REFUND: _refund_event_apply,
 }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
@@ -14,13 +15,12 @@ from .gateways.base import TransientGatewayError
 
 logger = logging.getLogger("payment.tasks")
 
-# acks_late + reject_on_worker_lost: a worker killed mid-task leaves the message to be redelivered, and
-# the services are idempotent, so redelivery is safe (issue: "a worker killed mid-task loses nothing").
-_RELIABLE = {"acks_late": True, "reject_on_worker_lost": True}
+# Every task: acks_late + reject_on_worker_lost. A worker killed mid-task leaves the message to be
+# redelivered, and the services are idempotent, so redelivery is safe ("a killed worker loses nothing").
 
 
-@shared_task(name="process_payment_webhook", bind=True, max_retries=None, **_RELIABLE)
-def process_payment_webhook(self, event_id: int) -> str:  # type: ignore[no-untyped-def]
+@shared_task(name="process_payment_webhook", bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+def process_payment_webhook(self: Task[Any, Any], event_id: int) -> str:
     try:
         return services.webhook_event_process(event_id, via="celery")
     except TransientGatewayError as exc:
@@ -41,18 +41,18 @@ def process_payment_webhook(self, event_id: int) -> str:  # type: ignore[no-unty
         raise self.retry(exc=exc, countdown=countdown) from exc
 
 
-@shared_task(name="check_pending_payments", **_RELIABLE)
+@shared_task(name="check_pending_payments", acks_late=True, reject_on_worker_lost=True)
 def check_pending_payments() -> dict[str, int]:
     return services.pending_payments_check()
 
 
-@shared_task(name="verify_payment_task", **_RELIABLE)
+@shared_task(name="verify_payment_task", acks_late=True, reject_on_worker_lost=True)
 def verify_payment_task(payment_id: int) -> str:
     return services.payment_verify(payment_id)
 
 
-@shared_task(name="process_refund_task", bind=True, max_retries=5, **_RELIABLE)
-def process_refund_task(self, refund_id: int) -> str:  # type: ignore[no-untyped-def]
+@shared_task(name="process_refund_task", bind=True, max_retries=5, acks_late=True, reject_on_worker_lost=True)
+def process_refund_task(self: Task[Any, Any], refund_id: int) -> str:
     try:
         return services.refund_submit(refund_id)
     except TransientGatewayError as exc:

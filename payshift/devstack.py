@@ -133,7 +133,7 @@ def ensure_admin(env: dict[str, str]) -> str | None:
     )
     password = secrets.token_urlsafe(9)
     result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code.replace("sys.argv[1]", repr(password))],
-                            cwd=ROOT, env=env, capture_output=True)
+                            cwd=ROOT, env=env, capture_output=True, check=False)
     return password if result.returncode == 0 else None
 
 

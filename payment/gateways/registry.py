@@ -13,7 +13,7 @@ from .base import Gateway
 _classes: dict[str, type[Gateway]] = {}
 _instances: dict[str, Gateway] = {}
 _lock = threading.Lock()
-_discovered = False
+_state = {"discovered": False}
 
 
 class UnknownGatewayError(LookupError):
@@ -27,18 +27,17 @@ def register(cls: type[Gateway]) -> type[Gateway]:
 
 
 def _discover() -> None:
-    global _discovered
-    if _discovered:
+    if _state["discovered"]:
         return
     with _lock:
-        if _discovered:
+        if _state["discovered"]:
             return
         import payment.gateways as package
 
         for info in pkgutil.iter_modules(package.__path__):
             if info.ispkg:
                 importlib.import_module(f"{package.__name__}.{info.name}")
-        _discovered = True
+        _state["discovered"] = True
 
 
 def gateway_names() -> list[str]:

@@ -53,6 +53,24 @@ def redis_url() -> str:
     return url
 
 
+def use_broker(url: str) -> None:
+    """Point this process's Celery app at another broker (and drop pooled connections to the old one)."""
+    from kombu import pools
+
+    from payshift.celery import app
+
+    # Celery reads the CELERY_BROKER_URL environment variable before its own configuration.
+    os.environ["CELERY_BROKER_URL"] = url
+    app.conf.broker_url = url
+    # Producer pools live in kombu's global registry keyed by connection: clear it, not just our references.
+    pools.reset()
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    circuit.reset()
+
+
 @pytest.fixture(autouse=True)
 def gateway_settings(settings: Any) -> Iterator[Any]:
     settings.PAYSTACK_SECRET_KEY = [PAYSTACK_KEY, PAYSTACK_OLD_KEY]

@@ -19,7 +19,7 @@ from payment import queueing
 from payment.models import EventStatus, WebhookEvent
 from payshift.celery import app
 
-from .conftest import paystack_charge, redis_url, signed_post
+from .conftest import paystack_charge, redis_url, signed_post, use_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,13 +27,9 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection re
 
 
 def _use_broker(url: str) -> None:
-    app.conf.broker_url = url
     app.conf.broker_transport_options = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0,
                                          "retry_on_timeout": False}
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._pool = None
-    queueing.circuit.reset()
+    use_broker(url)
 
 
 @pytest.fixture
@@ -60,7 +56,7 @@ def test_dispatch_publishes_to_real_redis(client: Client, broker: Any) -> None:
     event = WebhookEvent.objects.get()
     assert event.status == EventStatus.QUEUED
     raw = redis.Redis.from_url(url).lpop("webhooks")
-    assert raw is not None
+    assert isinstance(raw, bytes)
     message = json.loads(raw)
     assert message["headers"]["task"] == "process_payment_webhook"
     assert f"[[{event.pk}]" in message["headers"]["argsrepr"].replace(" ", "") or \

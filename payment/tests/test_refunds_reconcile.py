@@ -28,7 +28,14 @@ from payment.models import (
     WebhookEvent,
 )
 
-from .conftest import FLW_API, PAYSTACK_API, flutterwave_verify_answer, paystack_charge, paystack_verify_answer, signed_post
+from .conftest import (
+    FLW_API,
+    PAYSTACK_API,
+    flutterwave_verify_answer,
+    paystack_charge,
+    paystack_verify_answer,
+    signed_post,
+)
 from .test_processing import make_payment
 
 pytestmark = pytest.mark.django_db
@@ -190,8 +197,11 @@ def test_check_pending_payments_works_in_batches(settings):
     settings.PAYSHIFT_RECONCILE_BATCH_SIZE = 3
     for i in range(10):
         _age(make_payment(f"REC-B{i}"), 3600)
-    respx.get(url__regex=rf"{PAYSTACK_API}/transaction/verify/REC-B\d+").mock(side_effect=lambda request: httpx.Response(
-        200, content=json_dumps(paystack_verify_answer(request.url.path.rsplit("/", 1)[-1], status="ongoing"))))
+    def answer(request: httpx.Request) -> httpx.Response:
+        reference = request.url.path.rsplit("/", 1)[-1]
+        return httpx.Response(200, content=json_dumps(paystack_verify_answer(reference, status="ongoing")))
+
+    respx.get(url__regex=rf"{PAYSTACK_API}/transaction/verify/REC-B\d+").mock(side_effect=answer)
     with CaptureQueriesContext(connection) as queries:
         counts = services.pending_payments_check(time_budget_seconds=10)
     assert counts["verified"] == 10
@@ -212,12 +222,12 @@ def test_check_pending_payments_flutterwave_verifies_by_reference():
 
 
 def test_sweep_redispatches_stuck_events(client, settings):
-    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
     from payshift.celery import app
 
+    from .conftest import use_broker
+
     saved = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:1/0"
-    app._pool = None
+    use_broker("redis://127.0.0.1:1/0")
     try:
         signed_post(client, "paystack", paystack_charge("SWEEP-1"))
         event = WebhookEvent.objects.get()
@@ -227,8 +237,7 @@ def test_sweep_redispatches_stuck_events(client, settings):
         signed_post(client, "paystack", fresh_ref)
         counts = services.pending_payments_check(time_budget_seconds=5)
     finally:
-        app.conf.broker_url = saved
-        app._pool = None
+        use_broker(saved)
     assert counts["swept"] == 1  # the fresh event is left alone
     assert OrmQ.objects.count() == 1
     event.refresh_from_db()

@@ -24,7 +24,7 @@ def test_round_trips_per_exponent() -> None:
 )
 def test_too_precise_or_invalid_amounts_are_refused(value: object, currency: str) -> None:
     with pytest.raises(AmountError):
-        major_to_minor(value, currency)  # type: ignore[arg-type]
+        major_to_minor(value, currency)
 
 
 def test_parse_minor_accepts_ints_and_digit_strings_only() -> None:

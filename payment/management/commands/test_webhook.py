@@ -80,7 +80,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{name} {opts['event'] or _DEFAULT_EVENTS.get(name, '')} -> {url} "
                           f"({len(jobs)} deliveries, concurrency {opts['concurrency']})")
         with httpx.Client(timeout=30.0) as client, ThreadPoolExecutor(opts["concurrency"]) as pool:
-            results = list(pool.map(lambda job: self._send(client, gateway, url, job[0], job[1], opts), jobs))
+            results = list(pool.map(lambda job: self._send(client, gateway, url, job, opts), jobs))
         for r in results:
             self.stdout.write(f"  {r.reference}: HTTP {r.http_status} {r.answer}")
         if opts["bad_signature"]:
@@ -136,8 +136,9 @@ class Command(BaseCommand):
             amount=payment.amount, currency=payment.currency, mode=payment.mode, email=payment.customer_email)
         return json_dumps(payload)
 
-    def _send(self, client: httpx.Client, gateway: Any, url: str, payment: Payment, body: bytes,
+    def _send(self, client: httpx.Client, gateway: Any, url: str, job: tuple[Payment, bytes],
               opts: dict[str, Any]) -> Delivery:
+        payment, body = job
         try:
             headers = gateway.sign_webhook(body)
         except GatewayError as exc:
