@@ -68,6 +68,13 @@ class Payment(models.Model):
     def __str__(self) -> str:
         return f"{self.reference} ({self.gateway}, {self.status})"
 
+    @property
+    def amount_display(self) -> str:
+        """"1500.50 NGN": for people; the stored amount stays integer minor units."""
+        from .money import minor_to_major
+
+        return f"{minor_to_major(self.amount, self.currency)} {self.currency}"
+
 
 class EventStatus(models.TextChoices):
     RECEIVED = "received"

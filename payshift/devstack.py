@@ -35,16 +35,47 @@ DEMO_ENV = {
 }
 
 
+# The same file the settings read (PAYSHIFT_ENV_FILE), so every manage.py command sees the demo setup.
+ENV_FILE = Path(os.environ.get("PAYSHIFT_ENV_FILE", str(ROOT / ".env")))
+ENV_FILE_MARKER = "# Written by scripts/up for demo mode"
+
+
+def _read_env_file() -> dict[str, str]:
+    if not ENV_FILE.is_file():
+        return {}
+    values = {}
+    for line in ENV_FILE.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _write_demo_env_file(values: dict[str, str]) -> None:
+    """Let `manage.py test_webhook` in another terminal see the demo keys and the sandbox (settings read .env).
+
+    Only a file this script wrote is ever replaced; a developer's own .env is left alone.
+    """
+    if ENV_FILE.is_file() and not ENV_FILE.read_text().startswith(ENV_FILE_MARKER):
+        return
+    lines = [ENV_FILE_MARKER + "; delete it (and stop scripts/up) to use your own keys.", *(
+        f"{k}={v}" for k, v in values.items())]
+    ENV_FILE.write_text("\n".join(lines) + "\n")
+
+
 def stack_env(web_port: int, sandbox_port: int) -> tuple[dict[str, str], bool]:
-    env = dict(os.environ)
-    demo = not env.get("PAYSTACK_SECRET_KEY") and not env.get("FLUTTERWAVE_SECRET_KEY")
+    file_values = _read_env_file()
+    env = {**file_values, **os.environ}
+    keys = [env.get("PAYSTACK_SECRET_KEY", ""), env.get("FLUTTERWAVE_SECRET_KEY", "")]
+    demo = not any(keys) or any("payshift" in k and "demo" in k for k in keys)
     sandbox = f"http://127.0.0.1:{sandbox_port}"
     if demo:
-        for key, value in DEMO_ENV.items():
-            env.setdefault(key, value)
-        env.setdefault("PAYSTACK_BASE_URL", f"{sandbox}/paystack")
-        env.setdefault("FLUTTERWAVE_BASE_URL", f"{sandbox}/flutterwave/v3")
-        env.setdefault("PAYSHIFT_SANDBOX_URL", sandbox)
+        demo_values = {**DEMO_ENV, "PAYSTACK_BASE_URL": f"{sandbox}/paystack",
+                       "FLUTTERWAVE_BASE_URL": f"{sandbox}/flutterwave/v3", "PAYSHIFT_SANDBOX_URL": sandbox}
+        for key, value in demo_values.items():
+            if key not in os.environ:
+                env[key] = value
+        _write_demo_env_file({k: env[k] for k in demo_values})
     # The sandbox accepts exactly the keys Payshift uses, and posts webhooks back to this web server.
     env.setdefault("SANDBOX_PAYSTACK_SECRET_KEYS", env.get("PAYSTACK_SECRET_KEY", ""))
     env.setdefault("SANDBOX_FLUTTERWAVE_SECRET_KEYS", env.get("FLUTTERWAVE_SECRET_KEY", ""))
