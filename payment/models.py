@@ -200,6 +200,7 @@ class NotificationKind(models.TextChoices):
     PAYMENT_REFUNDED = "payment_refunded"
     PAYMENT_REVIEW = "payment_review"  # staff
     EVENT_DEAD = "event_dead"  # staff
+    GATEWAY_SILENT = "gateway_silent"  # staff
 
 
 class Recipient(models.TextChoices):
@@ -222,6 +223,8 @@ class Notification(models.Model):
         WebhookEvent, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
     )
     message = models.TextField(blank=True, default="")
+    # Alerts about no single transition or event (e.g. a silent gateway) are deduplicated by this key.
+    alert_key = models.CharField(max_length=120, null=True, blank=True, unique=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     delivery_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)

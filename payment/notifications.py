@@ -19,6 +19,7 @@ _SUBJECTS = {
     NotificationKind.PAYMENT_REFUNDED: "Refund issued: {ref}",
     NotificationKind.PAYMENT_REVIEW: "[Payshift] Payment needs review: {ref}",
     NotificationKind.EVENT_DEAD: "[Payshift] Webhook event needs a person: {ref}",
+    NotificationKind.GATEWAY_SILENT: "[Payshift] A gateway has gone silent",
 }
 
 

@@ -654,6 +654,66 @@ def payment_review_resolve(payment_id: int, *, to_status: str, note: str, actor:
         return transition
 
 
+# --- replay and retention ---------------------------------------------------------------------------------
+_REPLAYABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.DEAD,
+               EventStatus.UNMATCHED)
+
+
+def event_requeue(event_id: int, *, force: bool = False) -> bool:
+    """Make an event eligible for processing again (replay). A processed event only with force: even then
+    the payment state machine decides, so a replay can never move a payment backwards or notify twice."""
+    statuses = [*_REPLAYABLE, EventStatus.PROCESSED] if force else list(_REPLAYABLE)
+    updated = WebhookEvent.objects.filter(pk=event_id, status__in=statuses).exclude(kind=EventKind.OTHER).update(
+        status=EventStatus.QUEUED, next_attempt_at=None, updated_at=timezone.now())
+    if updated:
+        logger.info("webhook requeued", extra={"event_id": event_id, "force": force})
+    return bool(updated)
+
+
+def events_prune(*, older_than_days: int, dry_run: bool = False, batch_size: int = 1000) -> int:
+    """Drop raw bodies and headers of finished events; keep the rows and their dedupe keys.
+
+    Paystack signatures carry no timestamp, so a captured delivery stays valid forever: the dedupe key
+    is the only replay defence, and it must outlive the payload (gateways.md).
+    """
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    candidates = WebhookEvent.objects.filter(status__in=[EventStatus.PROCESSED, EventStatus.IGNORED],
+                                             received_at__lt=cutoff, pruned_at__isnull=True)
+    if dry_run:
+        return candidates.count()
+    pruned = 0
+    for ids in _id_batches(candidates, batch_size):
+        pruned += WebhookEvent.objects.filter(pk__in=ids, pruned_at__isnull=True).update(
+            body=b"", headers={}, pruned_at=timezone.now())
+    logger.info("webhook bodies pruned", extra={"count": pruned, "older_than_days": older_than_days})
+    return pruned
+
+
+def gateway_silence_alerts(now: Any = None) -> list[str]:
+    """Alert staff when a gateway sent nothing for a while although payments are waiting on it."""
+    from .gateways.registry import gateway_names
+
+    now = now or timezone.now()
+    window = timedelta(seconds=settings.PAYSHIFT_GATEWAY_SILENCE_SECONDS)
+    silent = []
+    for name in gateway_names():
+        waiting = Payment.objects.filter(gateway=name, status=S.PENDING, created_at__lt=now - window).exists()
+        heard = WebhookEvent.objects.filter(gateway=name, received_at__gte=now - window).exists()
+        if not waiting or heard:
+            continue
+        bucket = now.strftime("%Y-%m-%dT%H")
+        with transaction.atomic():
+            notification = _notification_create(
+                kind=NotificationKind.GATEWAY_SILENT, recipient=Recipient.STAFF, alert_key=f"silent:{name}:{bucket}",
+                message=f"No webhook from {name} for {int(window.total_seconds() // 60)} minutes while payments "
+                        "are pending. Check the gateway's status page and the webhook URL in its dashboard.")
+            if notification is not None:
+                silent.append(name)
+                logger.error("gateway silent", extra={"gateway": name})
+                _deliver_after_commit([notification.pk])
+    return silent
+
+
 # --- reconciliation ---------------------------------------------------------------------------------------
 def backoff_seconds(attempt: int, *, base_seconds: float, max_seconds: float) -> float:
     """Exponential backoff with full jitter (so a burst of failures does not retry in lockstep)."""
@@ -712,6 +772,7 @@ def pending_payments_check(*, time_budget_seconds: float = 50.0) -> dict[str, in
             refund_poll(refund_id)
         except base.GatewayError:
             counts["errors"] += 1
+    counts["silent_gateways"] = len(gateway_silence_alerts(now))
     # 5. Pending payments nobody told us about, oldest check first, in batches, within a time budget.
     recheck = now - timedelta(seconds=settings.PAYSHIFT_PENDING_RECHECK_SECONDS)
     ttl_cutoff = now - timedelta(seconds=settings.PAYSHIFT_PENDING_TTL_SECONDS)
@@ -744,12 +805,17 @@ def pending_payments_check(*, time_budget_seconds: float = 50.0) -> dict[str, in
     return counts
 
 
-def _ids_in_batches(queryset: Any, batch_size: int = 500) -> Any:
-    """Yield primary keys by keyset pagination: a huge backlog never loads at once."""
+def _id_batches(queryset: Any, batch_size: int = 500) -> Any:
+    """Yield lists of primary keys by keyset pagination: a huge backlog never loads at once."""
     last = 0
     while True:
         ids = list(queryset.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:batch_size])
         if not ids:
             return
-        yield from ids
+        yield ids
         last = ids[-1]
+
+
+def _ids_in_batches(queryset: Any, batch_size: int = 500) -> Any:
+    for ids in _id_batches(queryset, batch_size):
+        yield from ids

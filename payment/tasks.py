@@ -46,6 +46,11 @@ def check_pending_payments() -> dict[str, int]:
     return services.pending_payments_check()
 
 
+@shared_task(name="prune_webhook_bodies", acks_late=True, reject_on_worker_lost=True)
+def prune_webhook_bodies() -> int:
+    return services.events_prune(older_than_days=settings.PAYSHIFT_RETENTION_DAYS)
+
+
 @shared_task(name="verify_payment_task", acks_late=True, reject_on_worker_lost=True)
 def verify_payment_task(payment_id: int) -> str:
     return services.payment_verify(payment_id)

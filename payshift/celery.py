@@ -29,6 +29,7 @@ app.conf.update(
         "check_pending_payments": {"queue": "reconcile", "routing_key": "reconcile"},
         "verify_payment_task": {"queue": "reconcile", "routing_key": "reconcile"},
         "process_refund_task": {"queue": "refunds", "routing_key": "refunds"},
+        "prune_webhook_bodies": {"queue": "reconcile", "routing_key": "reconcile"},
     },
 )
 app.autodiscover_tasks(["payment"])

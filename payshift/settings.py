@@ -162,6 +162,10 @@ PAYSHIFT_SWEEP_AFTER_SECONDS = env.int("PAYSHIFT_SWEEP_AFTER_SECONDS", default=6
 PAYSHIFT_PROCESSING_STUCK_SECONDS = env.int("PAYSHIFT_PROCESSING_STUCK_SECONDS", default=900)
 PAYSHIFT_UNMATCHED_RETRY_SECONDS = env.int("PAYSHIFT_UNMATCHED_RETRY_SECONDS", default=24 * 3600)
 PAYSHIFT_RECONCILE_BATCH_SIZE = env.int("PAYSHIFT_RECONCILE_BATCH_SIZE", default=500)
+# Alert staff when a gateway sent no webhook for this long while payments are pending on it.
+PAYSHIFT_GATEWAY_SILENCE_SECONDS = env.int("PAYSHIFT_GATEWAY_SILENCE_SECONDS", default=3600)
+# Raw bodies and headers of finished events are dropped after this many days (dedupe keys stay).
+PAYSHIFT_RETENTION_DAYS = env.int("PAYSHIFT_RETENTION_DAYS", default=30)
 
 # --- Notifications ----------------------------------------------------------------------------------------
 # Staff alerts go here (falls back to ADMINS); the database row is always written.
@@ -213,6 +217,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "check_pending_payments",
         "schedule": float(PAYSHIFT_RECONCILE_INTERVAL_SECONDS),
     },
+    "prune-webhook-bodies": {"task": "prune_webhook_bodies", "schedule": 6 * 3600.0},
 }
 
 # --- Django Q (the fallback queue): ORM broker so it works whenever the database does ----------------------

@@ -40,8 +40,9 @@ pytestmark = pytest.mark.django_db
 
 def make_payment(reference: str, *, gateway: str = "paystack", amount: int = 500000, currency: str = "NGN",
                  mode: str = "test", status: str = PaymentStatus.PENDING, **extra: Any) -> Payment:
+    extra.setdefault("customer_email", "ada@example.com")
     return Payment.objects.create(reference=reference, gateway=gateway, amount=amount, currency=currency,
-                                  mode=mode, status=status, customer_email="ada@example.com", **extra)
+                                  mode=mode, status=status, **extra)
 
 
 def deliver(client: Client, gateway: str, payload: dict[str, Any]) -> WebhookEvent:
