@@ -65,8 +65,9 @@ def _django_q_enqueue(func: str, *args: Any, **options: Any) -> bool:
     return True
 
 
-def event_dispatch(event_id: int, *, path: str = "ingest") -> str:
+def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str, Any] | None = None) -> str:
     """Hand a stored event to a worker. Returns "celery", "django_q" or "none" (left for the sweep)."""
+    fields = {"event_id": event_id, "path": path, **(log_fields or {})}
     taken = "none"
     if _celery_publish("process_payment_webhook", event_id):
         taken = "celery"
@@ -78,10 +79,10 @@ def event_dispatch(event_id: int, *, path: str = "ingest") -> str:
         # Nothing took it: the row stays in the inbox as "received" and the periodic sweep retries it.
         WebhookEvent.objects.filter(pk=event_id, status=EventStatus.QUEUED).update(
             status=EventStatus.RECEIVED, last_error="no queue reachable at dispatch", updated_at=timezone.now())
-        logger.error("webhook not dispatched", extra={"event_id": event_id, "path": path})
+        logger.error("webhook not dispatched", extra=fields)
         return taken
     metrics.EVENTS_DISPATCHED.labels("sweep" if path == "sweep" else taken).inc()
-    logger.info("webhook dispatched", extra={"event_id": event_id, "queue": taken, "path": path})
+    logger.info("webhook dispatched", extra={**fields, "queue": taken})
     return taken
 
 

@@ -142,7 +142,7 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
         with transaction.atomic():
             event.save(force_insert=True)
             if not ignored:
-                transaction.on_commit(lambda: queueing.event_dispatch(event.pk))
+                transaction.on_commit(lambda: queueing.event_dispatch(event.pk, log_fields=_log_fields(parsed)))
     except IntegrityError:
         # The unique (gateway, dedupe_key) constraint: a resend, a replay or a concurrent twin.
         if not WebhookEvent.objects.filter(gateway=gateway_name, dedupe_key=event.dedupe_key).exists():

@@ -236,3 +236,36 @@ def test_underpaid_through_real_worker_never_succeeds(client: Any, stack: dict[s
     wait_for(lambda: event_status(event.pk) == EventStatus.PROCESSED, 60, "processing")
     payment.refresh_from_db()
     assert (payment.status, payment.review_reason) == (PaymentStatus.REVIEW, "amount_mismatch")
+
+
+def rabbitmq_url() -> str:
+    url = os.environ.get("PAYSHIFT_TEST_RABBITMQ_URL", "")
+    if not url:
+        from .conftest import service_missing
+
+        service_missing("RabbitMQ (PAYSHIFT_TEST_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672//)")
+    return url
+
+
+def test_real_worker_on_rabbitmq(client: Any, stack: dict[str, Any]) -> None:
+    """The same pipeline with RabbitMQ as the broker: publish confirms on, a real worker consumes."""
+    url = rabbitmq_url()
+    saved_options = dict(app.conf.broker_transport_options or {})
+    app.conf.broker_transport_options = {"confirm_publish": True}
+    use_broker(url)
+    try:
+        with app.connection_for_write() as conn:
+            for queue in app.conf.task_queues:
+                queue.bind(conn.default_channel).declare()
+                queue.bind(conn.default_channel).purge()
+        payment = make_payment("W-AMQP")
+        tx_id = seed(stack["sandbox"], "W-AMQP")
+        worker(stack, "rabbit", CELERY_BROKER_URL=url)
+        assert signed_post(client, "paystack", paystack_charge("W-AMQP", tx_id=tx_id)).status_code == 200
+        event = WebhookEvent.objects.get(reference="W-AMQP")
+        wait_for(lambda: event_status(event.pk) == EventStatus.PROCESSED, 60, "the RabbitMQ worker")
+        payment.refresh_from_db()
+        assert payment.status == PaymentStatus.SUCCESS
+        assert WebhookEvent.objects.get(pk=event.pk).dispatched_via == "celery"
+    finally:
+        app.conf.broker_transport_options = saved_options
