@@ -141,8 +141,6 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
     try:
         with transaction.atomic():
             event.save(force_insert=True)
-            if not ignored:
-                transaction.on_commit(lambda: queueing.event_dispatch(event.pk, log_fields=_log_fields(parsed)))
     except IntegrityError:
         # The unique (gateway, dedupe_key) constraint: a resend, a replay or a concurrent twin.
         if not WebhookEvent.objects.filter(gateway=gateway_name, dedupe_key=event.dedupe_key).exists():
@@ -153,6 +151,9 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
     metrics.EVENTS_RECEIVED.labels(gateway_name, parsed.event if not ignored else "other").inc()
     logger.info("webhook ignored" if ignored else "webhook received",
                 extra={**_log_fields(parsed), "event_id": event.pk})
+    if not ignored:
+        # Publish only once the row is committed (at once under autocommit, the webhook view's mode).
+        transaction.on_commit(lambda: queueing.event_dispatch(event.pk, log_fields=_log_fields(parsed)))
     return ReceiveResult("ignored" if ignored else "stored", event.pk, parsed)
 
 
