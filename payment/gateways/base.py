@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
@@ -148,6 +149,26 @@ def _json_number(value: object) -> object:
 def json_dumps(payload: object) -> bytes:
     """Compact JSON bytes as gateways send them; Decimal amounts become exact JSON numbers."""
     return json.dumps(payload, separators=(",", ":"), default=_json_number).encode()
+
+
+def envelope(body: bytes, name_keys: tuple[str, ...] = ("event",)) -> tuple[str, dict[str, Any]]:
+    """(event name, data object) of a `{"event": ..., "data": {...}}` webhook, or InvalidPayloadError."""
+    payload = json_loads_strict(body)
+    if not isinstance(payload, dict):
+        raise InvalidPayloadError("envelope is not a JSON object")
+    name = next((payload[k] for k in name_keys if k in payload), None)
+    data = payload.get("data")
+    if not isinstance(name, str) or not name or len(name) > 100:
+        raise InvalidPayloadError("envelope without a string 'event'")
+    if not isinstance(data, dict):
+        raise InvalidPayloadError("envelope without a 'data' object")
+    return name, data
+
+
+def ignored_event(gateway: str, name: str, body: bytes, reference: object) -> ParsedEvent:
+    """An authentic event we do not act on: stored as `ignored`, deduplicated by its exact bytes."""
+    return ParsedEvent(gateway=gateway, event=name, kind="other",
+                       dedupe_key=f"{name}:{hashlib.sha256(body).hexdigest()}", reference=as_str(reference))
 
 
 def as_str(value: object, limit: int = 100) -> str:

@@ -82,20 +82,10 @@ class FlutterwaveGateway(base.Gateway):
         return ok
 
     def parse_event(self, body: bytes) -> base.ParsedEvent:
-        payload = base.json_loads_strict(body)
-        if not isinstance(payload, dict):
-            raise base.InvalidPayloadError("envelope is not a JSON object")
         # v3: {"event", "data"}; v4: {"id": "wbk_...", "type", "data"} (UNVERIFIED shape).
-        name = payload.get("event", payload.get("type"))
-        data = payload.get("data")
-        if not isinstance(name, str) or not name or len(name) > 100:
-            raise base.InvalidPayloadError("envelope without a string 'event'")
-        if not isinstance(data, dict):
-            raise base.InvalidPayloadError("envelope without a 'data' object")
+        name, data = base.envelope(body, name_keys=("event", "type"))
         if name not in _CHARGE_EVENTS:
-            digest = hashlib.sha256(body).hexdigest()
-            return base.ParsedEvent(gateway=self.name, event=name, kind="other", dedupe_key=f"{name}:{digest}",
-                                    reference=base.as_str(data.get("tx_ref")))
+            return base.ignored_event(self.name, name, body, data.get("tx_ref"))
         reference = base.as_str(data.get("tx_ref")) or base.as_str(data.get("reference"))
         if not reference:
             raise base.InvalidPayloadError("charge.completed without data.tx_ref")

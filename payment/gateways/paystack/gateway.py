@@ -131,20 +131,10 @@ class PaystackGateway(base.Gateway):
         return ok
 
     def parse_event(self, body: bytes) -> base.ParsedEvent:
-        payload = base.json_loads_strict(body)
-        if not isinstance(payload, dict):
-            raise base.InvalidPayloadError("envelope is not a JSON object")
-        name = payload.get("event")
-        data = payload.get("data")
-        if not isinstance(name, str) or not name or len(name) > 100:
-            raise base.InvalidPayloadError("envelope without a string 'event'")
-        if not isinstance(data, dict):
-            raise base.InvalidPayloadError("envelope without a 'data' object")
+        name, data = base.envelope(body)
         parser = _PARSERS.get(name)
         if parser is None:
-            digest = hashlib.sha256(body).hexdigest()
-            return base.ParsedEvent(gateway=self.name, event=name, kind="other", dedupe_key=f"{name}:{digest}",
-                                    reference=base.as_str(data.get("reference")))
+            return base.ignored_event(self.name, name, body, data.get("reference"))
         return parser(name, data)
 
     def sign_webhook(self, body: bytes) -> dict[str, str]:
