@@ -39,6 +39,9 @@ class _BrokerCircuit:
 
 circuit = _BrokerCircuit()
 
+SWEEPABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
+             EventStatus.UNMATCHED)
+
 
 def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
     if not circuit.allows():
@@ -68,13 +71,18 @@ def _django_q_enqueue(func: str, *args: Any, **options: Any) -> bool:
 def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str, Any] | None = None) -> str:
     """Hand a stored event to a worker. Returns "celery", "django_q" or "none" (left for the sweep)."""
     fields = {"event_id": event_id, "path": path, **(log_fields or {})}
+    if path == "sweep":
+        # Mark it queued BEFORE publishing, and only from a state the sweep may take it from: a worker that
+        # finishes first must never have its `processed` overwritten.
+        moved = WebhookEvent.objects.filter(pk=event_id, status__in=SWEEPABLE).update(
+            status=EventStatus.QUEUED, updated_at=timezone.now())
+        if not moved:
+            return "none"
     taken = "none"
     if _celery_publish("process_payment_webhook", event_id):
         taken = "celery"
     elif _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", event_id, task_name=f"event-{event_id}"):
         taken = "django_q"
-    if path == "sweep":
-        WebhookEvent.objects.filter(pk=event_id).update(status=EventStatus.QUEUED, updated_at=timezone.now())
     if taken == "none":
         # Nothing took it: the row stays in the inbox as "received" and the periodic sweep retries it.
         WebhookEvent.objects.filter(pk=event_id, status=EventStatus.QUEUED).update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
@@ -726,13 +727,37 @@ def heartbeat(name: str) -> None:
     Heartbeat.objects.update_or_create(name=name, defaults={"at": timezone.now()})
 
 
+def lease_acquire(name: str, seconds: float) -> bool:
+    """A database lease, so two schedulers (beat and the Django Q fallback) never run a job at once."""
+    now = timezone.now()
+    # Created concurrently by another scheduler? The conditional UPDATE below still decides.
+    with contextlib.suppress(IntegrityError):
+        Heartbeat.objects.get_or_create(name=name, defaults={"at": now - timedelta(seconds=seconds + 1)})
+    return bool(Heartbeat.objects.filter(name=name, at__lt=now - timedelta(seconds=seconds)).update(at=now))
+
+
+def lease_release(name: str) -> None:
+    Heartbeat.objects.filter(name=name).update(at=timezone.now() - timedelta(days=1))
+
+
 def pending_payments_check(*, time_budget_seconds: float = 50.0) -> dict[str, int]:
     """The periodic safety net: re-verify stale pending payments, sweep the inbox, retry unmatched events."""
+    heartbeat("check_pending_payments")
+    lease = "lease:check_pending_payments"
+    if not lease_acquire(lease, time_budget_seconds + 60):
+        logger.info("check_pending_payments already running elsewhere")
+        return {"skipped": 1}
+    try:
+        return _pending_payments_check(time_budget_seconds)
+    finally:
+        lease_release(lease)
+
+
+def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
     import time
 
     from . import queueing
 
-    heartbeat("check_pending_payments")
     started = time.monotonic()
     now = timezone.now()
     counts = {"verified": 0, "expired": 0, "swept": 0, "unmatched_retried": 0, "dead": 0, "hooks": 0,

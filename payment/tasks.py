@@ -8,12 +8,16 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from . import queueing, services
 from .gateways.base import TransientGatewayError
 
 logger = logging.getLogger("payment.tasks")
+
+DB_ERRORS = (OperationalError, InterfaceError)
+DB_RETRIES = 10
 
 # Every task: acks_late + reject_on_worker_lost. A worker killed mid-task leaves the message to be
 # redelivered, and the services are idempotent, so redelivery is safe ("a killed worker loses nothing").
@@ -23,6 +27,13 @@ logger = logging.getLogger("payment.tasks")
 def process_payment_webhook(self: Task[Any, Any], event_id: int) -> str:
     try:
         return services.webhook_event_process(event_id, via="celery")
+    except DB_ERRORS as exc:
+        # The database went away (restart, failover) mid-task: the row is intact, try again shortly. Past
+        # the limit the event is left `processing`, and the sweep re-dispatches it once it is stale.
+        if self.request.retries >= DB_RETRIES:
+            raise
+        countdown = services.backoff_seconds(min(self.request.retries, 5), base_seconds=1.0, max_seconds=30.0)
+        raise self.retry(exc=exc, countdown=countdown) from exc
     except TransientGatewayError as exc:
         attempt = self.request.retries
         if attempt >= settings.PAYSHIFT_CELERY_MAX_RETRIES:

@@ -297,3 +297,50 @@ def test_django_q_fallback_schedule_skips_while_beat_is_alive():
     services.heartbeat("check_pending_payments")
     assert q_tasks.check_pending_payments_q() == "beat_is_alive"
     assert Schedule.objects.filter(func="payment.q_tasks.check_pending_payments_q").exists()  # migration 0002
+
+
+def test_sweep_dispatch_never_overwrites_a_finished_event(client):
+    from payment import queueing
+
+    signed_post(client, "paystack", paystack_charge("SWEEP-DONE"))
+    event = WebhookEvent.objects.get()
+    WebhookEvent.objects.filter(pk=event.pk).update(status=EventStatus.PROCESSED)
+    with mock.patch("payment.queueing._celery_publish") as publish:
+        assert queueing.event_dispatch(event.pk, path="sweep") == "none"
+    publish.assert_not_called()
+    event.refresh_from_db()
+    assert event.status == EventStatus.PROCESSED
+
+
+def test_check_pending_payments_runs_once_at_a_time():
+    assert services.lease_acquire("lease:check_pending_payments", 60)
+    try:
+        assert services.pending_payments_check(time_budget_seconds=1) == {"skipped": 1}
+    finally:
+        services.lease_release("lease:check_pending_payments")
+    assert "verified" in services.pending_payments_check(time_budget_seconds=1)
+
+
+@respx.mock
+def test_celery_task_retries_when_the_database_goes_away(client):
+    from django.db import OperationalError
+
+    payment = make_payment("DB-BLIP")
+    signed_post(client, "paystack", paystack_charge("DB-BLIP"))
+    event = WebhookEvent.objects.get()
+    respx.get(f"{PAYSTACK_API}/transaction/verify/DB-BLIP").mock(return_value=httpx.Response(
+        200, content=json_dumps(paystack_verify_answer("DB-BLIP"))))
+    real = services.webhook_event_process
+    calls = {"n": 0}
+
+    def flaky(event_id, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(event_id, **kwargs)
+
+    with mock.patch("payment.services.webhook_event_process", side_effect=flaky):
+        assert tasks.process_payment_webhook.apply(args=[event.pk]).get() == EventStatus.PROCESSED
+    assert calls["n"] == 2
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCESS
