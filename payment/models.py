@@ -153,7 +153,9 @@ class PaymentTransition(models.Model):
     reason = models.CharField(max_length=255, blank=True, default="")
     details = models.JSONField(default=dict, blank=True)
     actor = models.CharField(max_length=150, blank=True, default="")
-    # Set once the host application's signal receivers ran; the sweep re-sends signals still unset.
+    # Side effects after commit (channels, signals): claimed by a conditional UPDATE so two runners never
+    # both send; a claim older than the stuck threshold is taken over (the claimer died).
+    hooks_started_at = models.DateTimeField(null=True, blank=True)
     hooks_done_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -182,6 +184,11 @@ class Refund(models.Model):
     reason = models.CharField(max_length=255, blank=True, default="")
     requested_by = models.CharField(max_length=150, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
+    # Set (and committed) BEFORE the refund POST: a refund with this set and no gateway id may have reached
+    # the gateway, so it is never sent again automatically (a second POST could refund twice).
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    # The webhook that confirmed it, so a later webhook for the same refund is not booked a second time.
+    event = models.ForeignKey("WebhookEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -227,10 +234,12 @@ class Notification(models.Model):
     alert_key = models.CharField(max_length=120, null=True, blank=True, unique=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     delivery_error = models.TextField(blank=True, default="")
+    delivery_attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["delivered_at", "created_at"], name="notification_undelivered_idx")]
         constraints = [
             # Exactly once per transition (or per dead event): enforced by the database, not by a check.
             models.UniqueConstraint(

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from django.conf import settings
 from django.core.mail import send_mail
+from django.db.models import F
 from django.utils.module_loading import import_string
 
 from .models import Notification, NotificationKind, Recipient
@@ -53,6 +54,12 @@ def channels() -> list[Channel]:
 
 def notification_deliver(notification: Notification) -> None:
     """Run every channel; a failing channel is recorded on the row and never raises."""
+    # Optimistic claim: of two processes delivering the same row at once, one goes ahead.
+    claimed = Notification.objects.filter(pk=notification.pk, delivered_at__isnull=True,
+                                          delivery_attempts=notification.delivery_attempts).update(
+        delivery_attempts=F("delivery_attempts") + 1)
+    if not claimed:
+        return
     errors = []
     for channel in channels():
         try:

@@ -139,8 +139,11 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
         status=EventStatus.IGNORED if ignored else EventStatus.QUEUED,
         processed_at=timezone.now() if ignored else None,
     )
+    # Under autocommit (the webhook view's mode) one INSERT is its own transaction: no BEGIN/COMMIT round
+    # trips on the hot path (bench/, issue 6). Inside a caller's transaction a savepoint contains a duplicate.
+    in_transaction = transaction.get_connection().in_atomic_block
     try:
-        with transaction.atomic():
+        with transaction.atomic() if in_transaction else contextlib.nullcontext():
             event.save(force_insert=True)
     except IntegrityError:
         # The unique (gateway, dedupe_key) constraint: a resend, a replay or a concurrent twin.
@@ -167,8 +170,7 @@ def _log_fields(parsed: base.ParsedEvent) -> dict[str, Any]:
 
 
 # --- processing -------------------------------------------------------------------------------------------
-_CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
-              EventStatus.UNMATCHED)
+_CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.UNMATCHED)
 
 
 def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> str:
@@ -177,7 +179,13 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> st
     Raises base.TransientGatewayError when a retry can fix it (the caller owns the retry policy).
     """
     statuses = [*_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else _CLAIMABLE
-    claimed = WebhookEvent.objects.filter(pk=event_id, status__in=statuses).update(
+    # A `processing` event belongs to the worker running it; only a stale claim (that worker died, or a
+    # redelivery after a kill) is taken over, so duplicate messages never verify in parallel.
+    stuck = timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
+    if force:
+        claimable |= Q(status=EventStatus.PROCESSING)
+    claimed = WebhookEvent.objects.filter(claimable, pk=event_id).update(
         status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, updated_at=timezone.now()
     )
     if not claimed:
@@ -191,8 +199,12 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> st
     try:
         return handler(event)
     except base.TransientGatewayError as exc:
-        _event_fail(event, str(exc))
         metrics.EVENTS_FAILED.labels(event.gateway, "true").inc()
+        if event.attempts >= settings.PAYSHIFT_MAX_EVENT_ATTEMPTS:
+            # A ceiling across every path (Celery, Django Q, sweep), so nothing retries for ever unseen.
+            event_mark_dead(event.pk, f"gave up after {event.attempts} attempts: {exc}")
+            return EventStatus.DEAD
+        _event_fail(event, str(exc))
         raise
     except (base.PermanentGatewayError, base.InvalidPayloadError) as exc:
         metrics.EVENTS_FAILED.labels(event.gateway, "false").inc()
@@ -277,6 +289,13 @@ def _charge_event_apply(event: WebhookEvent) -> str:
     # decision is re-taken under the lock, so two racing workers still give one transition.
     verification = gateway.verify_transaction(reference=payment.reference,
                                               gateway_transaction_id=event.gateway_transaction_id)
+    if verification.outcome == base.OUTCOME_PENDING and event.body:
+        claimed = gateway.parse_event(bytes(event.body)).outcome
+        if claimed == base.OUTCOME_SUCCESS:
+            # The webhook says paid, the API is not final yet: retry later rather than close the event,
+            # or a payment paid after its TTL would stay abandoned for good.
+            raise base.TransientGatewayError(f"{event.gateway} still reports {verification.raw_status!r}",
+                                             request_sent=False)
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         error = _verification_apply(locked, verification, source=TransitionSource.WEBHOOK, event=event,
@@ -407,10 +426,13 @@ def _notification_create(**fields: Any) -> Notification | None:
 
 def transition_hooks_run(transition_id: int) -> None:
     """After commit: deliver the transition's notifications and send the host application's signals."""
-    transition = PaymentTransition.objects.select_related("payment").filter(
-        pk=transition_id, hooks_done_at__isnull=True).first()
-    if transition is None:
-        return
+    now = timezone.now()
+    taken_over = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    claimed = PaymentTransition.objects.filter(pk=transition_id, hooks_done_at__isnull=True).filter(
+        Q(hooks_started_at__isnull=True) | Q(hooks_started_at__lt=taken_over)).update(hooks_started_at=now)
+    if not claimed:
+        return  # done, or another process is running them right now
+    transition = PaymentTransition.objects.select_related("payment").get(pk=transition_id)
     from .notifications import notification_deliver
 
     for notification in transition.notifications.select_related("payment", "event").filter(
@@ -460,6 +482,13 @@ def _refund_event_apply(event: WebhookEvent) -> str:
             if status != RefundStatus.PROCESSED or amount <= 0:
                 return _event_finish(event, EventStatus.PROCESSED, payment=locked,
                                      error="refund event with no open refund: nothing to update")
+            # Already closed by polling? Then this webhook confirms it; booking it again would count twice.
+            confirmed = (Refund.objects.select_for_update()
+                         .filter(payment=locked, status=RefundStatus.PROCESSED, amount=amount, event__isnull=True)
+                         .order_by("completed_at").first())
+            if confirmed is not None:
+                Refund.objects.filter(pk=confirmed.pk).update(event=event)
+                return _event_finish(event, EventStatus.PROCESSED, payment=locked)
             # A refund made on the gateway's dashboard: record it so our books match theirs.
             refund, _created = Refund.objects.get_or_create(
                 idempotency_key=f"webhook:{event.gateway}:{event.dedupe_key}"[:100],
@@ -478,7 +507,8 @@ def _refund_status_apply(refund: Refund, payment: Payment, status: str, *, event
     if status == RefundStatus.PROCESSED:
         refund.status = RefundStatus.PROCESSED
         refund.completed_at = timezone.now()
-        refund.save(update_fields=["status", "completed_at", "updated_at"])
+        refund.event = event
+        refund.save(update_fields=["status", "completed_at", "event", "updated_at"])
         payment.amount_refunded += refund.amount
         paid = payment.amount_paid or payment.amount
         target = S.REFUNDED if payment.amount_refunded >= paid else S.PARTIALLY_REFUNDED
@@ -589,12 +619,13 @@ def refund_submit(refund_id: int) -> str:
     not re-sent blindly, since a second POST could refund twice; it is left for polling or a person.
     """
     with transaction.atomic():
-        refund = Refund.objects.select_for_update().select_related("payment").get(pk=refund_id)
-        if refund.status != RefundStatus.PENDING or refund.gateway_refund_id:
+        # of=("self",): lock only the refund row here; everywhere else the payment is locked before its
+        # refunds, and a joined FOR UPDATE would take them in the other order (deadlock).
+        refund = Refund.objects.select_for_update(of=("self",)).select_related("payment").get(pk=refund_id)
+        if refund.status != RefundStatus.PENDING or refund.gateway_refund_id or refund.submitted_at:
             return refund.status
-        if refund.attempts and "outcome unknown" in refund.last_error:
-            return refund.status
-        Refund.objects.filter(pk=refund.pk).update(attempts=F("attempts") + 1)
+        Refund.objects.filter(pk=refund.pk).update(attempts=F("attempts") + 1, submitted_at=timezone.now(),
+                                                   updated_at=timezone.now())
     payment = refund.payment
     gateway = gateway_get(payment.gateway)
     try:
@@ -603,10 +634,13 @@ def refund_submit(refund_id: int) -> str:
     except base.TransientGatewayError as exc:
         if exc.request_sent:
             Refund.objects.filter(pk=refund.pk).update(
-                last_error=f"outcome unknown, check with the gateway before retrying: {exc}"[:2000])
+                last_error=f"outcome unknown, check with the gateway before retrying: {exc}"[:2000],
+                updated_at=timezone.now())
             logger.error("refund outcome unknown", extra={"refund_id": refund.pk, "error": str(exc)})
             return RefundStatus.PENDING
-        Refund.objects.filter(pk=refund.pk).update(last_error=str(exc)[:2000])
+        # Certainly not received by the gateway (connection refused, 429): safe to send again.
+        Refund.objects.filter(pk=refund.pk).update(last_error=str(exc)[:2000], submitted_at=None,
+                                                   updated_at=timezone.now())
         raise
     except base.PermanentGatewayError as exc:
         with transaction.atomic():
@@ -759,41 +793,70 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
     from . import queueing
 
     started = time.monotonic()
+
+    def out_of_time() -> bool:
+        # Every step shares the budget, so a run always ends before its lease does.
+        return time.monotonic() - started >= time_budget_seconds
+
     now = timezone.now()
     counts = {"verified": 0, "expired": 0, "swept": 0, "unmatched_retried": 0, "dead": 0, "hooks": 0,
-              "refunds": 0, "errors": 0}
-    # 1. Inbox sweep: events a lost publish, a dead worker or a lost retry left behind.
+              "notifications": 0, "refunds": 0, "errors": 0}
+    # 1. Inbox sweep: events a lost publish, a dead worker or a lost retry left behind. `queued` rows are
+    # in a broker already, so they wait longer: re-publishing a backlog every minute would only add load.
     stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
     stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
-    sweep_q = (Q(status__in=[EventStatus.RECEIVED, EventStatus.QUEUED], updated_at__lt=stale)
-               | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
+    sweep_q = (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
+               | Q(status__in=[EventStatus.QUEUED, EventStatus.PROCESSING], updated_at__lt=stuck)
                | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
                | Q(status=EventStatus.FAILED, next_attempt_at__isnull=True, updated_at__lt=stuck))
     for event_id in _ids_in_batches(WebhookEvent.objects.filter(sweep_q)):
+        if out_of_time():
+            break
         queueing.event_dispatch(event_id, path="sweep")
         counts["swept"] += 1
     # 2. Unmatched events: retry while young, then hand to a person.
     window_start = now - timedelta(seconds=settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS)
     unmatched = WebhookEvent.objects.filter(status=EventStatus.UNMATCHED)
     for event_id in _ids_in_batches(unmatched.filter(received_at__lt=window_start)):
+        if out_of_time():
+            break
         event_mark_dead(event_id, "no payment with this reference appeared in time")
         counts["dead"] += 1
     due = unmatched.filter(received_at__gte=window_start).filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     for event_id in _ids_in_batches(due):
+        if out_of_time():
+            break
         queueing.event_dispatch(event_id, path="sweep")
         counts["unmatched_retried"] += 1
-    # 3. Signals and notifications whose process died after commit.
+    # 3. Signals and notifications whose process died after commit, and deliveries that failed.
     for transition_id in _ids_in_batches(
             PaymentTransition.objects.filter(hooks_done_at__isnull=True, created_at__lt=stale)):
+        if out_of_time():
+            break
         transition_hooks_run(transition_id)
         counts["hooks"] += 1
-    # 4. Refunds: lost tasks and gateway-side progress.
+    from .notifications import notification_deliver
+
+    undelivered = Notification.objects.filter(
+        delivered_at__isnull=True, created_at__lt=stale, delivery_attempts__lt=settings.PAYSHIFT_NOTIFICATION_TRIES,
+    ).filter(Q(transition__isnull=True) | Q(transition__hooks_done_at__isnull=False))
+    for notification_id in _ids_in_batches(undelivered):
+        if out_of_time():
+            break
+        notification = Notification.objects.select_related("payment", "event").get(pk=notification_id)
+        notification_deliver(notification)
+        counts["notifications"] += 1
+    # 4. Refunds: lost tasks (never submitted) and gateway-side progress.
     for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PENDING, updated_at__lt=stale,
-                                                           gateway_refund_id="")):
+                                                           gateway_refund_id="", submitted_at__isnull=True)):
+        if out_of_time():
+            break
         queueing.refund_dispatch(refund_id)
         counts["refunds"] += 1
     for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PROCESSING, updated_at__lt=stale)):
+        if out_of_time():
+            break
         try:
             refund_poll(refund_id)
         except base.GatewayError:

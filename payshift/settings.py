@@ -79,15 +79,24 @@ TEMPLATES = [
 # SQLite by default (the embedded, zero-service setup); PostgreSQL through DATABASE_URL.
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'payshift.sqlite3'}")}
 _db = DATABASES["default"]
-if _db["ENGINE"] == "django.db.backends.sqlite3":
-    # Web server, Celery worker, beat and the Django Q cluster all write to one file: WAL lets readers
-    # run beside the writer, IMMEDIATE takes the write lock at BEGIN (no deadlock-prone lock upgrades)
-    # and the busy timeout makes a burst wait instead of failing with "database is locked".
-    _db["OPTIONS"] = {
+
+
+def sqlite_options() -> dict[str, Any]:
+    """Web server, Celery worker, beat and the Django Q cluster all write to one file: WAL lets readers
+    run beside the writer, IMMEDIATE takes the write lock at BEGIN (no deadlock-prone lock upgrades), the
+    busy timeout makes a burst wait instead of failing with "database is locked", and synchronous=FULL
+    because in WAL mode NORMAL may lose the last commits on power loss, and we answer 200 only because
+    the event is durable."""
+    timeout = env.int("SQLITE_BUSY_TIMEOUT_SECONDS", default=30)
+    return {
         "transaction_mode": "IMMEDIATE",
-        "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECONDS", default=30),
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+        "timeout": timeout,
+        "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout={timeout * 1000};",
     }
+
+
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = sqlite_options()
 else:
     _db["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     # After a database restart a pooled connection is dead; check it before use instead of answering 503.
@@ -160,6 +169,8 @@ PAYSHIFT_PENDING_RECHECK_SECONDS = env.int("PAYSHIFT_PENDING_RECHECK_SECONDS", d
 PAYSHIFT_PENDING_TTL_SECONDS = env.int("PAYSHIFT_PENDING_TTL_SECONDS", default=24 * 3600)
 PAYSHIFT_SWEEP_AFTER_SECONDS = env.int("PAYSHIFT_SWEEP_AFTER_SECONDS", default=60)
 PAYSHIFT_PROCESSING_STUCK_SECONDS = env.int("PAYSHIFT_PROCESSING_STUCK_SECONDS", default=900)
+# Ceiling on processing attempts of one event across Celery, Django Q and the sweep; then `dead`.
+PAYSHIFT_MAX_EVENT_ATTEMPTS = env.int("PAYSHIFT_MAX_EVENT_ATTEMPTS", default=20)
 PAYSHIFT_UNMATCHED_RETRY_SECONDS = env.int("PAYSHIFT_UNMATCHED_RETRY_SECONDS", default=24 * 3600)
 PAYSHIFT_RECONCILE_BATCH_SIZE = env.int("PAYSHIFT_RECONCILE_BATCH_SIZE", default=500)
 # Alert staff when a gateway sent no webhook for this long while payments are pending on it.
@@ -170,6 +181,9 @@ PAYSHIFT_RETENTION_DAYS = env.int("PAYSHIFT_RETENTION_DAYS", default=30)
 # --- Notifications ----------------------------------------------------------------------------------------
 # Staff alerts go here (falls back to ADMINS); the database row is always written.
 PAYSHIFT_STAFF_EMAILS: list[str] = env.list("PAYSHIFT_STAFF_EMAILS", default=[])
+PAYSHIFT_NOTIFICATION_TRIES = env.int("PAYSHIFT_NOTIFICATION_TRIES", default=5)
+# A hanging mail server must not hold a worker (Django's default is no timeout at all).
+EMAIL_TIMEOUT = env.int("DJANGO_EMAIL_TIMEOUT", default=10)
 PAYSHIFT_NOTIFICATION_CHANNELS: list[str] = env.list(
     "PAYSHIFT_NOTIFICATION_CHANNELS", default=["payment.notifications.EmailChannel"]
 )
@@ -188,6 +202,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection before and after EVERY task unless this is set: a
+# new PostgreSQL connection (a server process) per webhook. payshift/celery.py recycles connections the way
+# Django does for requests instead (CONN_MAX_AGE, health check, drop after an error). bench/ (issue 6).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1_000_000)
 CELERY_TIMEZONE = "UTC"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"

@@ -70,6 +70,7 @@ class ParsedEvent:
     currency: str = ""
     mode: str = ""
     refund_reference: str = ""
+    outcome: str = ""  # what the body claims, as an OUTCOME_* value ("" when it claims nothing)
 
 
 @dataclass(frozen=True)

@@ -148,14 +148,30 @@ def test_process_body_success_but_api_failed(client, django_capture_on_commit_ca
 
 
 @respx.mock
-def test_process_api_still_pending_changes_nothing(client, django_capture_on_commit_callbacks):
-    payment = make_payment("P-ONGOING")
+def test_process_api_still_pending_is_retried_not_closed(client, django_capture_on_commit_callbacks):
+    """The body claims success, the API is not final yet: change nothing, keep the event for a retry."""
+    payment = make_payment("P-ONGOING", status=PaymentStatus.ABANDONED)
     event = deliver(client, "paystack", paystack_charge("P-ONGOING"))
     verify_route("P-ONGOING", paystack_verify_answer("P-ONGOING", status="ongoing"))
+    with pytest.raises(TransientGatewayError):
+        process(event, django_capture_on_commit_callbacks)
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.ABANDONED
+    assert not PaymentTransition.objects.exists()
+    event.refresh_from_db()
+    assert event.status == EventStatus.FAILED  # the retry policy owns it now
+
+
+@respx.mock
+def test_process_failed_attempt_with_pending_api_is_closed(client, django_capture_on_commit_callbacks):
+    """A Flutterwave failed-attempt webhook while the API still says pending claims nothing to wait for."""
+    payment = make_payment("F-PEND", gateway="flutterwave")
+    event = deliver(client, "flutterwave", flutterwave_charge("F-PEND", tx_id=51, status="failed"))
+    respx.get(f"{FLW_API}/transactions/51/verify").mock(return_value=httpx.Response(
+        200, content=json_dumps(flutterwave_verify_answer("F-PEND", status="pending", tx_id=51))))
     assert process(event, django_capture_on_commit_callbacks) == EventStatus.PROCESSED
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.PENDING
-    assert not PaymentTransition.objects.exists()
 
 
 @respx.mock

@@ -344,3 +344,150 @@ def test_celery_task_retries_when_the_database_goes_away(client):
     assert calls["n"] == 2
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.SUCCESS
+
+
+# --- regressions from the processing review --------------------------------------------------------------
+@respx.mock
+def test_refund_never_posted_twice_even_by_a_concurrent_task():
+    """A second task for the same refund (sweep re-dispatch, redelivery) while the first is mid-POST."""
+    payment = paid("R-TWICE")
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, amount=100000, idempotency_key="twice")
+    inner: list[str] = []
+
+    def gateway_answer(request):
+        inner.append(services.refund_submit(refund.pk))  # the racing task
+        return httpx.Response(200, content=json_dumps(refund_answer(100000)))
+
+    route = respx.post(f"{PAYSTACK_API}/refund").mock(side_effect=gateway_answer)
+    services.refund_submit(refund.pk)
+    assert route.call_count == 1 and inner == [RefundStatus.PENDING]
+
+
+@respx.mock
+def test_refund_worker_died_mid_post_is_not_resent():
+    payment = paid("R-DIED")
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, amount=100000, idempotency_key="died")
+    Refund.objects.filter(pk=refund.pk).update(submitted_at=timezone.now(), attempts=1)  # then the worker died
+    route = respx.post(f"{PAYSTACK_API}/refund")
+    assert services.refund_submit(refund.pk) == RefundStatus.PENDING
+    assert route.call_count == 0
+    Refund.objects.filter(pk=refund.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    with mock.patch("payment.queueing.refund_dispatch") as dispatch:
+        services.pending_payments_check(time_budget_seconds=5)
+    dispatch.assert_not_called()  # the sweep leaves an in-doubt refund for a person
+
+
+@respx.mock
+def test_refund_connection_refused_is_retried_safely():
+    payment = paid("R-REFUSED")
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, amount=100000, idempotency_key="refused")
+    respx.post(f"{PAYSTACK_API}/refund").mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(services.base.TransientGatewayError):
+        services.refund_submit(refund.pk)
+    refund.refresh_from_db()
+    assert refund.submitted_at is None  # certainly not received: a retry may send it
+
+
+@respx.mock
+def test_refund_closed_by_polling_then_webhook_counts_once(client, django_capture_on_commit_callbacks):
+    payment = paid("R-POLL")
+    respx.post(f"{PAYSTACK_API}/refund").mock(return_value=httpx.Response(200, content=json_dumps(
+        refund_answer(200000, refund_id=88))))
+    respx.get(f"{PAYSTACK_API}/refund/88").mock(return_value=httpx.Response(200, content=json_dumps(
+        {"status": True, "message": "Refund retrieved", "data": {"id": 88, "transaction": 1001, "amount": 200000,
+                                                                 "currency": "NGN", "status": "processed"}})))
+    with mock.patch("payment.queueing.refund_dispatch"):
+        refund = services.refund_request(payment.pk, amount=200000, idempotency_key="poll-1")
+    services.refund_submit(refund.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.refund_poll(refund.pk) == RefundStatus.PROCESSED
+    body = {"event": "refund.processed", "data": {"status": "processed", "transaction_reference": "R-POLL",
+                                                  "refund_reference": "TRF_88", "amount": "200000",
+                                                  "currency": "NGN", "domain": "test"}}
+    signed_post(client, "paystack", body)
+    event = WebhookEvent.objects.get(kind="refund")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.webhook_event_process(event.pk, via="test")
+    payment.refresh_from_db()
+    assert (payment.amount_refunded, payment.status) == (200000, PaymentStatus.PARTIALLY_REFUNDED)
+    assert Refund.objects.filter(payment=payment).count() == 1
+    assert Notification.objects.filter(payment=payment, kind=NotificationKind.PAYMENT_REFUNDED).count() == 1
+
+
+def test_failed_notification_delivery_is_retried_by_the_sweep(settings):
+    payment = make_payment("N-RETRY")
+    from django.test import TestCase
+
+    with mock.patch("payment.notifications.EmailChannel.deliver", side_effect=OSError("smtp down")), \
+            TestCase.captureOnCommitCallbacks(execute=True):
+        transition = services.payment_transition(payment, "success", source="webhook")
+    assert transition is not None
+    note = Notification.objects.get(transition=transition)
+    assert note.delivered_at is None and "smtp down" in note.delivery_error
+    transition.refresh_from_db()
+    assert transition.hooks_done_at is not None
+    Notification.objects.filter(pk=note.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    counts = services.pending_payments_check(time_budget_seconds=5)
+    note.refresh_from_db()
+    assert counts["notifications"] == 1 and note.delivered_at is not None and note.delivery_attempts == 2
+
+
+def test_transition_hooks_run_once_even_when_called_twice():
+    from django.test import TestCase
+
+    calls: list[int] = []
+
+    def receiver(sender, payment, transition, **kwargs):
+        calls.append(transition.pk)
+
+    from payment import signals
+
+    signals.payment_succeeded.connect(receiver)
+    try:
+        payment = make_payment("N-ONCE2")
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            transition = services.payment_transition(payment, "success", source="webhook")
+        assert transition is not None
+        services.transition_hooks_run(transition.pk)
+        PaymentTransition.objects.filter(pk=transition.pk).update(hooks_done_at=None)  # a claimer running now
+        services.transition_hooks_run(transition.pk)
+    finally:
+        signals.payment_succeeded.disconnect(receiver)
+    assert calls == [transition.pk]
+
+
+@respx.mock
+def test_event_goes_dead_at_the_global_attempt_ceiling(client, settings):
+    settings.PAYSHIFT_MAX_EVENT_ATTEMPTS = 3
+    make_payment("CEIL-1")
+    signed_post(client, "paystack", paystack_charge("CEIL-1"))
+    event = WebhookEvent.objects.get()
+    WebhookEvent.objects.filter(pk=event.pk).update(attempts=2)
+    respx.get(f"{PAYSTACK_API}/transaction/verify/CEIL-1").mock(return_value=httpx.Response(503))
+    assert services.webhook_event_process(event.pk, via="sweep") == EventStatus.DEAD
+
+
+def test_fresh_processing_event_is_not_claimed_twice(client):
+    signed_post(client, "paystack", paystack_charge("CLAIM-1"))
+    event = WebhookEvent.objects.get()
+    WebhookEvent.objects.filter(pk=event.pk).update(status=EventStatus.PROCESSING, updated_at=timezone.now())
+    assert services.webhook_event_process(event.pk, via="dup") == EventStatus.PROCESSING
+    assert WebhookEvent.objects.get(pk=event.pk).attempts == 0
+
+
+def test_sqlite_commits_are_durable(tmp_path):
+    """The embedded default's connection options: WAL, BEGIN IMMEDIATE, a busy timeout, synchronous=FULL."""
+    import sqlite3
+
+    from payshift.settings import sqlite_options
+
+    options = sqlite_options()
+    assert options["transaction_mode"] == "IMMEDIATE" and options["timeout"] >= 5
+    raw = sqlite3.connect(tmp_path / "x.sqlite3")
+    raw.executescript(options["init_command"])
+    assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw.close()

@@ -102,6 +102,7 @@ def stack(tmp_path: Path, settings: Any) -> Iterator[dict[str, Any]]:
         "CELERY_BROKER_URL": broker,
         "CELERY_VISIBILITY_TIMEOUT": "5",
         "CELERY_UNACKED_RESTORE_INTERVAL": "2",
+        "PAYSHIFT_PROCESSING_STUCK_SECONDS": "3",
         "PAYSTACK_SECRET_KEY": PAYSTACK_KEY,
         "FLUTTERWAVE_SECRET_KEY": FLW_KEY,
         "FLUTTERWAVE_WEBHOOK_HASH": FLW_HASH,

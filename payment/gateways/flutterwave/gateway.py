@@ -105,6 +105,7 @@ class FlutterwaveGateway(base.Gateway):
             status=status,
             amount=amount,
             currency=currency,
+            outcome=_OUTCOMES.get(status, base.OUTCOME_PENDING),
         )
 
     def sign_webhook(self, body: bytes) -> dict[str, str]:

@@ -57,6 +57,7 @@ def _charge_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
         amount=amount,
         currency=base.as_str(data.get("currency"), 3).upper(),
         mode=base.as_str(data.get("domain"), 4),
+        outcome=_OUTCOMES.get(status, base.OUTCOME_PENDING),
     )
 
 
