@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Min, QuerySet
+from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
 from . import metrics
@@ -58,6 +58,21 @@ def backlog_gauges_update() -> None:
     metrics.OLDEST_PENDING_PAYMENT_SECONDS.set((now - pending).total_seconds() if pending else 0)
 
 
+def inbox_summary() -> dict[str, Any]:
+    """The backlog at a glance: unfinished events by status, the oldest one's age, dead events."""
+    now = timezone.now()
+    by_status = {row["status"]: row["n"] for row in WebhookEvent.objects.filter(
+        status__in=[*UNFINISHED, EventStatus.DEAD]).values("status").annotate(n=Count("pk"))}
+    oldest = WebhookEvent.objects.filter(status__in=UNFINISHED).aggregate(m=Min("received_at"))["m"]
+    return {
+        "ok": True,
+        "backlog": sum(n for status, n in by_status.items() if status != EventStatus.DEAD),
+        "by_status": by_status,
+        "dead": by_status.get(EventStatus.DEAD, 0),
+        "oldest_unprocessed_seconds": round((now - oldest).total_seconds(), 1) if oldest else 0,
+    }
+
+
 def readiness() -> dict[str, dict[str, Any]]:
     parts: dict[str, dict[str, Any]] = {}
     try:
@@ -67,6 +82,8 @@ def readiness() -> dict[str, dict[str, Any]]:
     except Exception as exc:
         parts["database"] = {"ok": False, "error": type(exc).__name__}
     parts["broker"] = _broker_state()
+    if parts["database"]["ok"]:
+        parts["inbox"] = inbox_summary()
     try:
         beat = Heartbeat.objects.filter(name="django_q").first()
         fresh = beat is not None and beat.at > timezone.now() - timedelta(

@@ -231,6 +231,9 @@ def test_healthz_and_readyz(client: Client, settings: Any) -> None:
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.json()
         assert ready.json()["parts"]["database"]["ok"] and ready.json()["parts"]["broker"]["ok"]
+        signed_post(client, "paystack", paystack_charge("READY-1"))
+        inbox = client.get("/readyz").json()["parts"]["inbox"]
+        assert inbox["backlog"] == 1 and inbox["by_status"] == {"queued": 1} and inbox["dead"] == 0
         use_broker("redis://127.0.0.1:1/0")
         settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT = 0.5
         down = client.get("/readyz")
