@@ -28,6 +28,18 @@ from .models import (
 )
 
 _SECRET_HEADER_HINTS = ("signature", "hash", "authorization", "cookie", "token", "secret", "key")
+# Card data and reusable tokens in gateway bodies (Paystack `authorization`, Flutterwave `card`): kept in
+# the stored raw bytes for replay, never shown to a person (design.md invariant: no card data in the admin).
+_CARD_KEYS = frozenset({"authorization_code", "bin", "last4", "exp_month", "exp_year", "signature", "account_name",
+                        "first_6digits", "last_4digits", "expiry", "token", "card_number", "cvv", "pan"})
+
+
+def redact_card_data(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if k.lower() in _CARD_KEYS else redact_card_data(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_card_data(v) for v in value]
+    return value
 
 
 class ReadOnlyAdminMixin:
@@ -206,9 +218,9 @@ class WebhookEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         if not raw:
             return "(pruned)" if obj.pruned_at else "(empty)"
         try:
-            text = json.dumps(json.loads(raw), indent=2, sort_keys=True)
+            text = json.dumps(redact_card_data(json.loads(raw)), indent=2, sort_keys=True)
         except ValueError:
-            text = raw.decode("utf-8", "replace")
+            text = "(not JSON; not shown)"
         return format_html("<pre>{}</pre>", text)
 
     @admin.action(description="Reprocess (through the queue; the state machine still holds)")

@@ -26,7 +26,17 @@ class _BrokerCircuit:
         self._lock = threading.Lock()
 
     def allows(self) -> bool:
-        return time.monotonic() >= self._open_until
+        if not self._open_until:
+            return True  # closed: the hot path takes no lock
+        with self._lock:
+            now = time.monotonic()
+            if now < self._open_until:
+                return False
+            # Half-open: this caller probes the broker and the window re-arms for everyone else, so a dead
+            # broker (redis-py retries a refused connect for ~2 s) stalls one request per window, not every
+            # thread of the web worker at once (bench/, issue 6). Success closes it (reset), failure trips it.
+            self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+            return True
 
     def trip(self) -> None:
         with self._lock:
@@ -35,6 +45,11 @@ class _BrokerCircuit:
     def reset(self) -> None:
         with self._lock:
             self._open_until = 0.0
+
+    def succeeded(self) -> None:
+        """A publish went through: after a trip that was the probe, so the circuit closes."""
+        if self._open_until:
+            self.reset()
 
 
 circuit = _BrokerCircuit()
@@ -54,6 +69,7 @@ def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
         circuit.trip()
         logger.warning("celery publish failed", extra={"task": task_name, "error": f"{type(exc).__name__}: {exc}"})
         return False
+    circuit.succeeded()
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -122,7 +123,7 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
         raise SignatureError("no_secret")
     if not gateway.verify_signature(body, headers):
         raise SignatureError("bad_signature")
-    parsed = gateway.parse_event(body)
+    parsed = _storable(gateway.parse_event(body))
     ignored = parsed.kind == EventKind.OTHER
     event = WebhookEvent(
         gateway=gateway_name,
@@ -159,6 +160,24 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
         # Publish only once the row is committed (at once under autocommit, the webhook view's mode).
         transaction.on_commit(lambda: queueing.event_dispatch(event.pk, log_fields=_log_fields(parsed)))
     return ReceiveResult("ignored" if ignored else "stored", event.pk, parsed)
+
+
+def _storable(parsed: base.ParsedEvent) -> base.ParsedEvent:
+    """Refuse identifiers no database stores as text (NUL, unpaired surrogates): a 400, not a 503 that the
+    gateway would resend for ever (found by payment/tests/test_fuzz.py). The raw body is bytes: unaffected."""
+    for item in dataclasses.fields(parsed):
+        value = getattr(parsed, item.name)
+        if isinstance(value, str) and ("\x00" in value or (not value.isascii() and not _encodable(value))):
+            raise base.InvalidPayloadError(f"{item.name} holds a NUL or an unpaired surrogate")
+    return parsed
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bounded_key(key: str) -> str:
@@ -471,6 +490,10 @@ def _refund_event_apply(event: WebhookEvent) -> str:
     amount = parsed.amount if parsed and parsed.amount is not None else 0
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if Refund.objects.filter(payment=locked, event=event).exists():
+            # This very event already closed a refund: a forced replay or a raced redelivery must not find
+            # "no open refund" and book it again as a dashboard refund (payment/tests/test_security.py).
+            return _event_finish(event, EventStatus.PROCESSED, payment=locked)
         # Refund webhooks usually carry no refund id (gateways.md): correlate by payment and amount.
         match = Q(amount=amount)
         if parsed and parsed.refund_reference:

@@ -98,9 +98,27 @@ class Stack:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.argv: dict[str, list[str]] = {}
+        self.restarts: dict[str, list[float]] = {}
         self.stopping = False
 
+    def restart_dead(self, limit: int = 5, window: float = 120.0) -> list[str]:
+        """Restart processes that died, like a process supervisor would (a Celery worker can exit when
+        its broker goes away); give up on one that keeps dying. Returns the names given up on."""
+        given_up = []
+        for name in self.dead():
+            now = time.monotonic()
+            recent = [t for t in self.restarts.get(name, []) if now - t < window]
+            if len(recent) >= limit:
+                given_up.append(name)
+                continue
+            self.restarts[name] = [*recent, now]
+            print(f"{name} exited with {self.procs[name].returncode}; restarting it", flush=True)
+            self.start(name, self.argv[name])
+        return given_up
+
     def start(self, name: str, argv: list[str]) -> None:
+        self.argv[name] = argv
         proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs[name] = proc
@@ -224,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             print("smoke: both gateways settled", flush=True)
             return 0
         while True:
-            if stack.dead():
-                print(f"process(es) exited: {', '.join(stack.dead())}; stopping the rest", flush=True)
+            given_up = stack.restart_dead()
+            if given_up:
+                print(f"process(es) keep exiting: {', '.join(given_up)}; stopping the rest", flush=True)
                 return 1
             time.sleep(1)
     finally:

@@ -226,6 +226,10 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
         "unacked_restore_throttle": 1,
         "retry_on_timeout": False,
+        # Fail a publish on the first refused connect: kombu otherwise sleeps its 2 s retry interval first,
+        # which stalled every web thread in flight when Redis died (bench/, issue 6). Worker consumers
+        # reconnect with their own retry settings; the circuit and Django Q take over for publishers.
+        "max_retries": 0,
         "max_connections": 50,
     }
 else:

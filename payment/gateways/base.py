@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -293,12 +294,25 @@ class Gateway(ABC):
             raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code} with a non-JSON body") from exc
         if code in (400, 404) and endpoint.startswith("verify"):
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
-            message = payload.get("message", "") if isinstance(payload, dict) else ""
-            raise NotFoundAtGatewayError(f"{self.name} {endpoint}: HTTP {code}: {as_str(message, 200)}")
+            raise NotFoundAtGatewayError(f"{self.name} {endpoint}: HTTP {code}: {self._gateway_message(payload)}")
         if code >= 400:
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
-            message = payload.get("message", "") if isinstance(payload, dict) else ""
-            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code}: {as_str(message, 200)}")
+            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code}: {self._gateway_message(payload)}")
         if not isinstance(payload, dict):
             raise PermanentGatewayError(f"{self.name} {endpoint}: answer is not a JSON object")
         return payload
+
+    def _gateway_message(self, payload: Any) -> str:
+        """The gateway's error text for our error, minus any secret it echoes ("Invalid key sk_live_...").
+
+        The text travels on into payment.log, event.last_error (the admin) and staff emails
+        (payment/tests/test_security.py).
+        """
+        text = as_str(payload.get("message", "") if isinstance(payload, dict) else "", 1000)
+        secrets = set(self.webhook_secrets())
+        with contextlib.suppress(GatewayError):
+            secrets.add(self.api_key())
+        for secret in sorted(secrets, key=len, reverse=True):
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text[:200]

@@ -88,12 +88,12 @@ def gateway_settings(settings: Any) -> Iterator[Any]:
 
 
 def signed_post(client: Client, gateway: str, payload: Any, *, headers: dict[str, str] | None = None,
-                body: bytes | None = None) -> Any:
+                body: bytes | None = None, path: str = "") -> Any:
     raw = body if body is not None else json_dumps(payload)
     sign = gateway_get(gateway).sign_webhook(raw)
     sign.pop("content-type", None)
     extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in {**sign, **(headers or {})}.items()}
-    return client.post(f"/payment/webhooks/{gateway}/", data=raw, content_type="application/json", **extra)
+    return client.post(path or f"/payment/webhooks/{gateway}/", data=raw, content_type="application/json", **extra)
 
 
 def paystack_charge(reference: str, *, amount: int = 500000, currency: str = "NGN", tx_id: int = 1001,

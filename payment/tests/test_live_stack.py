@@ -57,7 +57,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 pytest.fail(f"the stack was not up within {STARTUP_LIMIT}s")
             time.sleep(0.5)
         yield {"url": url, "env": env, "tmp": tmp, "startup_seconds": time.monotonic() - started,
-               "sandbox": f"http://127.0.0.1:{sandbox}"}
+               "sandbox": f"http://127.0.0.1:{sandbox}", "pid": proc.pid}
     finally:
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C does
         try:
@@ -226,3 +226,21 @@ def test_checkout_in_a_real_browser(live: dict[str, Any], gateway: str, button: 
         assert len(data["events"]) == 2
     else:
         assert kinds == [f"payment_{'succeeded' if expected == 'success' else 'failed'}"]
+
+
+def test_stack_restarts_a_crashed_worker(live: dict[str, Any]) -> None:
+    """A Celery worker that dies (e.g. kombu exiting when Redis goes away) is restarted, and work goes on."""
+    children = subprocess.run(["pgrep", "-P", str(live["pid"])], capture_output=True, text=True, check=False)
+    worker_pid = None
+    for pid in children.stdout.split():
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"celery" in cmdline and b" worker" in cmdline:
+            worker_pid = int(pid)
+    assert worker_pid is not None, "no Celery worker among the stack's processes"
+    os.killpg(worker_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "worker exited with" not in (live["tmp"] / "stack.log").read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the stack did not notice the dead worker"
+        time.sleep(0.5)
+    result = run(live, "test_webhook", "--payment-method=paystack", "--url", live["url"])
+    assert result.returncode == 0 and "final status success" in result.stdout, result.stdout + result.stderr

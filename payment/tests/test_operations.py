@@ -336,3 +336,17 @@ def test_payment_show_reads_admin_story(client: Client) -> None:
     out = StringIO()
     call_command("payment_show", "SHOW-ADM", "--json", stdout=out)
     assert json.loads(out.getvalue())["review_reason"] is None
+
+
+def test_admin_event_body_hides_card_data(staff: Client) -> None:
+    payload = paystack_charge("ADM-CARD")
+    signed_post(staff, "paystack", payload)
+    event = WebhookEvent.objects.get()
+    page = staff.get(f"/admin/payment/webhookevent/{event.pk}/change/").content.decode()
+    assert "AUTH_payshiftdemo" not in page and "408408" not in page and "4081" not in page
+    assert "&quot;authorization_code&quot;: &quot;[redacted]&quot;" in page
+
+
+def test_webhook_url_without_trailing_slash_is_not_redirected(client: Client) -> None:
+    response = signed_post(client, "paystack", paystack_charge("NOSLASH"), path="/payment/webhooks/paystack")
+    assert response.status_code == 200 and response.json() == {"status": "stored"}
