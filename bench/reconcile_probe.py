@@ -1,0 +1,66 @@
+"""Runs check_pending_payments once in a fresh process and reports its rate and memory (scenario 5)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import django
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget", type=float, required=True, help="the check's time budget in seconds")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    django.setup()
+    from django.conf import settings
+
+    from bench.stack import rss_kib
+    from payment import services
+
+    pid = os.getpid()
+    baseline = rss_kib(pid)[0]
+    samples: list[list[float]] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append([round(time.monotonic() - t0, 2), rss_kib(pid)[0] / 1024])
+            stop.wait(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    # The task's own body (payment.tasks.check_pending_payments), with the budget the bench chose.
+    counts = services.pending_payments_check(time_budget_seconds=args.budget)
+    elapsed = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    peak = rss_kib(pid)[1]
+    quarter = [rss for t, rss in samples if t <= elapsed / 4] or [0.0]
+    rest = [rss for t, rss in samples if t > elapsed / 4] or [0.0]
+    args.out.write_text(json.dumps({
+        "counts": counts,
+        "elapsed_s": round(elapsed, 2),
+        "verified_per_s": round(counts["verified"] / elapsed, 1) if elapsed else None,
+        "baseline_rss_mib": round(baseline / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        # Flat means batches work: the RSS after the first quarter of the run does not keep rising.
+        "rss_first_quarter_max_mib": round(max(quarter), 1),
+        "rss_rest_max_mib": round(max(rest), 1),
+        "growth_after_first_quarter_pct": round((max(rest) - max(quarter)) / max(quarter) * 100, 2)
+        if max(quarter) else None,
+        "batch_size": settings.PAYSHIFT_RECONCILE_BATCH_SIZE,
+        "rss_series_mib": samples,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""The product's URLs plus the two ingest references (bare 200, minimal hand-written ingest)."""
+
+from django.urls import path
+
+from bench import refviews
+from payshift.urls import urlpatterns as product_urlpatterns
+
+urlpatterns = [
+    *product_urlpatterns,
+    path("bench/bare/", refviews.bare, name="bench-bare"),
+    path("bench/minimal/", refviews.minimal_ingest, name="bench-minimal"),
+]
