@@ -110,9 +110,9 @@ class Run:
         (self.dir / "var").mkdir()
         (self.dir / "prometheus").mkdir()
         self.pg = PrivatePostgres(self.dir, free_port())
-        self.redis = PrivateRedis(self.dir, self._another_port(self.pg.port))
-        self.web_port = self._another_port(self.pg.port, self.redis.port)
-        self.sandbox_port = self._another_port(self.pg.port, self.redis.port, self.web_port)
+        self.redis = PrivateRedis(self.dir, free_port(start=self.pg.port + 1))
+        self.web_port = free_port(start=max(self.pg.port, self.redis.port) + 1)
+        self.sandbox_port = free_port(start=max(self.pg.port, self.redis.port, self.web_port) + 1)
         # Every process runs a snapshot of the code taken now: edits made in the tree while the run goes on
         # (other people work there) cannot mix two versions of the models and the database schema.
         self.src = self.dir / "src"
@@ -123,19 +123,6 @@ class Run:
         self.env["PYTHONPATH"] = str(self.src)
         self.supervisor = Supervisor(self.src, self.dir / "logs", self.started)
         self.workers = ["w1@chaos", "w2@chaos"]
-
-    @staticmethod
-    def _another_port(*taken: int) -> int:
-        import socket
-
-        for port in range(max(taken) + 1, 20000):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-        raise RuntimeError("no free port")
 
     def t(self) -> float:
         return time.monotonic() - self.started

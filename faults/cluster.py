@@ -18,9 +18,11 @@ from pathlib import Path
 PG_BIN = Path(os.environ.get("PAYSHIFT_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def free_port(start: int = 19000, end: int = 19999) -> int:
-    """A port in the 19xxx range that nothing listens on (the brief keeps chaos traffic off shared ports)."""
-    for port in range(start + os.getpid() % 500, end):
+def free_port(start: int | None = None, end: int = 19999) -> int:
+    """A port in the 19xxx range that nothing listens on (chaos traffic stays off shared ports). With no
+    start, one is spread by pid so concurrent runs do not race for the same ports."""
+    first = 19000 + os.getpid() % 500 if start is None else start
+    for port in range(first, end):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
