@@ -8,6 +8,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core import signing
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
@@ -24,6 +26,7 @@ from .models import (
     PaymentStatus,
     PaymentTransition,
     Refund,
+    RefundStatus,
     WebhookEvent,
 )
 
@@ -81,10 +84,42 @@ class NotificationInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+_REFUND_TOKEN_SALT = "payment.admin.refund-form"
+# A form left open longer than this is refused: its page showed a refundable amount that may be stale.
+_REFUND_TOKEN_MAX_AGE = 6 * 3600
+
+
 class RefundForm(forms.Form):
-    amount = forms.IntegerField(min_value=1, required=False,
-                                help_text="Minor units (kobo, pesewas, cents). Empty = everything still refundable.")
+    refund_amount = forms.IntegerField(
+        label="Refund amount", min_value=1, required=False,
+        help_text="Minor units (kobo, pesewas, cents) of the currency paid. Empty = everything still refundable.")
     reason = forms.CharField(max_length=255)
+    # One token per rendered form: a double submit (or a resubmitted POST) carries the same token, so it maps
+    # onto the same idempotency key and returns the same refund instead of sending a second one.
+    token = forms.CharField(widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, payment: Payment, user_id: int | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.payment = payment
+        self.user_id = user_id
+        if not self.is_bound:
+            self.initial["token"] = signing.dumps({"p": payment.pk, "u": user_id, "n": uuid.uuid4().hex},
+                                                  salt=_REFUND_TOKEN_SALT)
+
+    def clean_token(self) -> str:
+        try:
+            data = signing.loads(self.cleaned_data["token"], salt=_REFUND_TOKEN_SALT, max_age=_REFUND_TOKEN_MAX_AGE)
+        except signing.BadSignature as exc:
+            raise forms.ValidationError("This form has expired or was altered: open it again.") from exc
+        if not isinstance(data, dict) or data.get("p") != self.payment.pk or data.get("u") != self.user_id:
+            raise forms.ValidationError("This form was issued for another payment or user: open it again.")
+        return f"admin:{self.payment.pk}:{data.get('n')}"
+
+
+class RefundSettleForm(forms.Form):
+    outcome = forms.ChoiceField(choices=[(RefundStatus.PROCESSED, "The gateway made it (processed)"),
+                                         (RefundStatus.FAILED, "The gateway did not make it (failed)")])
+    note = forms.CharField(widget=forms.Textarea, help_text="Required: what the gateway's dashboard shows.")
 
 
 class ResolveReviewForm(forms.Form):
@@ -112,7 +147,7 @@ class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         # Staff may open the page (to read it and use the actions); every field stays read-only.
         return bool(request.user.is_staff)
 
-    @admin.display(description="Amount")
+    @admin.display(description="Amount expected")
     def amount_display(self, obj: Payment) -> str:
         return obj.amount_display
 
@@ -158,23 +193,28 @@ class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 self.message_user(request, f"{payment.reference}: gateway error: {exc}", messages.ERROR)
 
     def refund_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not request.user.has_perm("payment.refund_payment"):
+            raise PermissionDenied
         payment = get_object_or_404(Payment, pk=pk)
-        form = RefundForm(request.POST or None)
+        form = RefundForm(request.POST or None, payment=payment, user_id=request.user.pk)
         if request.method == "POST" and form.is_valid():
             try:
                 refund = services.refund_request(
-                    payment.pk, amount=form.cleaned_data["amount"], reason=form.cleaned_data["reason"],
-                    idempotency_key=f"admin:{uuid.uuid4().hex}", requested_by=request.user.get_username())
+                    payment.pk, amount=form.cleaned_data["refund_amount"], reason=form.cleaned_data["reason"],
+                    idempotency_key=form.cleaned_data["token"], requested_by=request.user.get_username())
             except services.RefundNotAllowedError as exc:
                 form.add_error(None, str(exc))
             else:
-                self.message_user(request, f"Refund #{refund.pk} of {refund.amount} requested.")
+                self.message_user(request, f"Refund #{refund.pk} of {refund.amount} {refund.currency} minor units: "
+                                           f"{refund.status}.")
                 return HttpResponseRedirect(reverse("admin:payment_payment_change", args=[pk]))
         return render(request, "admin/payment/action_form.html", {
             **self.admin_site.each_context(request), "title": f"Refund {payment.reference}", "payment": payment,
             "form": form, "opts": self.model._meta, "submit": "Request refund"})
 
     def resolve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not request.user.has_perm("payment.resolve_review"):
+            raise PermissionDenied
         payment = get_object_or_404(Payment, pk=pk)
         form = ResolveReviewForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
@@ -251,7 +291,43 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "payment", "amount", "currency", "status", "gateway_refund_id", "requested_by",
                     "created_at")
     list_filter = ("status", "currency", "created_at")
-    search_fields = ("payment__reference", "gateway_refund_id", "idempotency_key")
+    search_fields = ("payment__reference", "gateway_refund_id", "gateway_refund_reference", "idempotency_key")
+    readonly_fields = ("payment", "amount", "currency", "status", "gateway_refund_id", "gateway_refund_reference",
+                       "reason", "requested_by", "attempts", "submitted_at", "last_error", "created_at",
+                       "updated_at", "completed_at", "settle_link")
+    fields = readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return bool(request.user.is_staff)
+
+    @admin.display(description="Settle")
+    def settle_link(self, obj: Refund) -> str:
+        if obj.status not in (RefundStatus.UNKNOWN, RefundStatus.PROCESSING):
+            return "-"
+        return format_html('<a class="button" href="{}">Settle after checking the gateway</a>',
+                           reverse("admin:payment_refund_settle", args=[obj.pk]))
+
+    def get_urls(self) -> list[Any]:
+        return [path("<int:pk>/settle/", self.admin_site.admin_view(self.settle_view), name="payment_refund_settle"),
+                *super().get_urls()]
+
+    def settle_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not request.user.has_perm("payment.refund_payment"):
+            raise PermissionDenied
+        refund = get_object_or_404(Refund.objects.select_related("payment"), pk=pk)
+        form = RefundSettleForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                services.refund_settle(refund.pk, to_status=form.cleaned_data["outcome"],
+                                       note=form.cleaned_data["note"], actor=request.user.get_username())
+            except ValueError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"Refund #{refund.pk} settled.")
+                return HttpResponseRedirect(reverse("admin:payment_refund_change", args=[pk]))
+        return render(request, "admin/payment/action_form.html", {
+            **self.admin_site.each_context(request), "title": f"Settle {refund}", "payment": refund.payment,
+            "form": form, "opts": self.model._meta, "submit": "Settle"})
 
 
 @admin.register(Notification)

@@ -26,6 +26,14 @@ def payshift_checks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 hint=f"Set {gateway.secret_setting} or remove {name!r} from PAYSHIFT_ENABLED_GATEWAYS.",
                 id="payshift.E001" if production else "payshift.W001",
             ))
+        modes = {mode for key_modes in gateway.configured_key_modes().values() for mode in key_modes}
+        if len(modes) > 1:
+            # One test key beside live ones lets test-mode events (refunds included) authenticate on a live
+            # site, and a payment created with the test key is checked against the test account.
+            names = ", ".join(sorted(k for k, v in gateway.configured_key_modes().items() if v))
+            messages.append(Error(f"Gateway {name!r} has test and live keys configured together ({names}).",
+                                  hint="Rotate within one mode: every key of a gateway is test, or every key is live.",
+                                  id="payshift.E008"))
         if production:
             base_url = getattr(settings, gateway.base_url_setting, "")
             if any(host in base_url for host in SANDBOX_HOSTS):

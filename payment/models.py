@@ -46,6 +46,9 @@ class Payment(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     gateway_transaction_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     amount_paid = models.BigIntegerField(null=True, blank=True, help_text="What the gateway's API reported.")
+    # The currency of amount_paid, as the gateway's API reported it: a currency-mismatch review holds money in
+    # another currency than `currency`, and a refund must go back in what the customer actually paid.
+    currency_paid = models.CharField(max_length=3, blank=True, default="")
     amount_refunded = models.BigIntegerField(default=0)
     review_reason = models.CharField(max_length=32, choices=ReviewReason.choices, blank=True, default="")
     checkout_url = models.URLField(max_length=500, blank=True, default="")
@@ -59,6 +62,11 @@ class Payment(models.Model):
         indexes = [
             models.Index(fields=["status", "last_verified_at"], name="payment_status_verified_idx"),
             models.Index(fields=["status", "created_at"], name="payment_status_created_idx"),
+        ]
+        permissions = [
+            # Money going out and a person's verdict on quarantined money: more than the admin's view access.
+            ("refund_payment", "Can request and settle refunds of a payment"),
+            ("resolve_review", "Can resolve a payment held for review"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
@@ -74,6 +82,11 @@ class Payment(models.Model):
         from .money import minor_to_major
 
         return f"{minor_to_major(self.amount, self.currency)} {self.currency}"
+
+    @property
+    def refund_currency(self) -> str:
+        """What a refund goes back in: the currency the gateway says was paid."""
+        return self.currency_paid or self.currency
 
 
 class EventStatus(models.TextChoices):
@@ -170,8 +183,15 @@ class PaymentTransition(models.Model):
 class RefundStatus(models.TextChoices):
     PENDING = "pending"  # requested by us, not yet accepted by the gateway
     PROCESSING = "processing"  # accepted by the gateway
+    # Sent, but the answer was lost or unreadable: it may have been made. Its amount stays reserved and it is
+    # never sent again; the gateway's refund list, a refund webhook or a person settles it.
+    UNKNOWN = "unknown"
     PROCESSED = "processed"
     FAILED = "failed"
+
+
+# Refunds whose amount is reserved: the payment cannot be refunded past them.
+OPEN_REFUND_STATUSES = (RefundStatus.PENDING, RefundStatus.PROCESSING, RefundStatus.UNKNOWN)
 
 
 class Refund(models.Model):
@@ -179,8 +199,11 @@ class Refund(models.Model):
     amount = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=16, choices=RefundStatus.choices, default=RefundStatus.PENDING)
-    idempotency_key = models.CharField(max_length=100, unique=True)
+    idempotency_key = models.CharField(max_length=255, unique=True)
     gateway_refund_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    # The gateway's own refund reference (Paystack's refund_reference), learned from a webhook or a fetch:
+    # what later events about the same refund are matched on.
+    gateway_refund_reference = models.CharField(max_length=100, blank=True, default="", db_index=True)
     reason = models.CharField(max_length=255, blank=True, default="")
     requested_by = models.CharField(max_length=150, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
@@ -198,7 +221,7 @@ class Refund(models.Model):
         constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive")]
 
     def __str__(self) -> str:
-        return f"refund {self.pk} of {self.payment_id}: {self.amount} {self.currency} ({self.status})"
+        return f"refund #{self.pk}: {self.amount} {self.currency} ({self.status})"
 
 
 class NotificationKind(models.TextChoices):
@@ -208,6 +231,7 @@ class NotificationKind(models.TextChoices):
     PAYMENT_REVIEW = "payment_review"  # staff
     EVENT_DEAD = "event_dead"  # staff
     GATEWAY_SILENT = "gateway_silent"  # staff
+    REFUND_UNKNOWN = "refund_unknown"  # staff: a refund's outcome needs checking at the gateway
 
 
 class Recipient(models.TextChoices):

@@ -21,6 +21,7 @@ from . import metrics, signals
 from .gateways import base
 from .gateways.registry import gateway_get
 from .models import (
+    OPEN_REFUND_STATUSES,
     EventKind,
     EventStatus,
     Heartbeat,
@@ -294,13 +295,7 @@ def _charge_event_apply(event: WebhookEvent) -> str:
     payment = _payment_for_event(event)
     if payment is None:
         # The webhook beat our own INSERT (or the reference is not ours): keep it, retry it later.
-        WebhookEvent.objects.filter(pk=event.pk).update(
-            status=EventStatus.UNMATCHED, updated_at=timezone.now(),
-            next_attempt_at=timezone.now() + timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
-        )
-        logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
-                                                   "reference": event.reference})
-        return EventStatus.UNMATCHED
+        return _event_unmatched(event)
     if payment.status not in OPEN_STATUSES:
         return _event_finish(event, EventStatus.PROCESSED, payment=payment, error="")
     gateway = gateway_get(event.gateway)
@@ -365,6 +360,7 @@ def _verification_apply(payment: Payment, verification: base.Verification, *, so
         return ""
     if target in (S.SUCCESS, S.REVIEW):
         payment.amount_paid = verification.amount
+        payment.currency_paid = verification.currency
         if verification.gateway_transaction_id:
             payment.gateway_transaction_id = verification.gateway_transaction_id
     transition = payment_transition(payment, target, source=source, event=event, details=details,
@@ -397,8 +393,8 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     if to_status == S.SUCCESS and payment.paid_at is None:
         payment.paid_at = now
     payment.last_verified_at = now
-    payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "gateway_transaction_id",
-                                "amount_refunded", "last_verified_at", "updated_at"])
+    payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "currency_paid",
+                                "gateway_transaction_id", "amount_refunded", "last_verified_at", "updated_at"])
     transition = PaymentTransition.objects.create(
         payment=payment, from_status=from_status, to_status=to_status, source=source, event=event,
         reason=reason[:255] or (review_reason or ""), details=dict(details or {}), actor=actor[:150],
@@ -407,7 +403,7 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     kind = _CUSTOMER_NOTIFICATIONS.get(to_status)
     if kind is not None:
         n = _notification_create(kind=kind, recipient=Recipient.CUSTOMER, payment=payment, transition=transition,
-                                 message=_customer_message(payment, to_status))
+                                 message=_customer_message(payment, to_status, details or {}))
         notification_ids.append(n.pk if n else None)
     if to_status == S.REVIEW:
         n = _notification_create(
@@ -420,18 +416,33 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
                                              "from": from_status, "to": to_status, "source": source,
                                              "event_id": event.pk if event else None})
     transaction.on_commit(lambda: transition_hooks_run(transition.pk))
+    if to_status in _CHARGE_SETTLED and from_status not in _CHARGE_SETTLED:
+        payment_id = payment.pk
+        transaction.on_commit(lambda: _refund_events_release(payment_id))
     return transition
 
 
-def _customer_message(payment: Payment, status: str) -> str:
+def _customer_message(payment: Payment, status: str, details: Mapping[str, Any]) -> str:
     from .money import minor_to_major
 
-    amount = f"{minor_to_major(payment.amount, payment.currency)} {payment.currency}"
+    def money(amount: int, currency: str) -> str:
+        return f"{minor_to_major(amount, currency)} {currency}"
+
+    amount = money(payment.amount, payment.currency)
+    if status in (S.REFUNDED, S.PARTIALLY_REFUNDED):
+        # The amount of THIS refund (a customer refunded twice gets two emails, each with its own amount).
+        currency = str(details.get("currency") or payment.refund_currency)
+        refunded = details.get("amount")
+        if not isinstance(refunded, int):
+            refunded = payment.amount_refunded
+            return (f"Refunds of {money(refunded, currency)} in total on your payment {payment.reference} "
+                    "have been issued.")
+        return f"A refund of {money(refunded, currency)} on your payment {payment.reference} has been issued."
     messages: dict[str, str] = {
         S.SUCCESS: f"We received your payment of {amount} (reference {payment.reference}).",
         S.FAILED: f"Your payment of {amount} (reference {payment.reference}) did not go through.",
     }
-    return messages.get(status, f"A refund on your payment {payment.reference} of {amount} has been issued.")
+    return messages.get(status, f"Your payment {payment.reference} of {amount} is now {status}.")
 
 
 def _notification_create(**fields: Any) -> Notification | None:
@@ -480,52 +491,137 @@ def _deliver_after_commit(notification_ids: list[int]) -> None:
 
 
 def _refund_event_apply(event: WebhookEvent) -> str:
-    """Paystack refund.* webhooks: find (or record) the refund and close it."""
-    payment = _payment_for_event(event)
+    """refund.* webhooks: close the refund the event is about, or record one made at the gateway.
+
+    The body is a claim. It is mode-checked like a charge, confirmed through the gateway's refund API
+    where the event names a refund id, and matched on the refund's identity before its amount.
+    """
+    payment = _payment_for_refund_event(event)
     if payment is None:
-        return _charge_event_apply(event)  # same unmatched handling
+        return _event_unmatched(event)
+    if not event.body:
+        return _event_finish(event, EventStatus.PROCESSED, payment=payment, error="body pruned: nothing to apply")
     gateway = gateway_get(event.gateway)
-    parsed = gateway.parse_event(bytes(event.body)) if event.body else None
-    status = parsed.status if parsed else ""
-    amount = parsed.amount if parsed and parsed.amount is not None else 0
+    claim = gateway.parse_event(bytes(event.body))
+    claimed_mode = claim.mode or gateway.key_mode()
+    if claimed_mode != payment.mode:
+        # A test-mode refund never touches a live payment (nor the reverse): a person looks at it.
+        event_mark_dead(event.pk, f"{claimed_mode}-mode refund event for a {payment.mode} payment: nothing applied")
+        return EventStatus.DEAD
+    status, amount, currency = claim.status, claim.amount or 0, claim.currency
+    if claim.refund_id:
+        # Ask the API before believing the body (Flutterwave's verif-hash proves nothing about it).
+        confirmed = gateway.refund_fetch(claim.refund_id)
+        if confirmed is not None:
+            status = confirmed.status
+            amount = confirmed.amount if confirmed.amount is not None else amount
+            currency = confirmed.currency or currency
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if Refund.objects.filter(payment=locked, event=event).exists():
             # This very event already closed a refund: a forced replay or a raced redelivery must not find
             # "no open refund" and book it again as a dashboard refund (payment/tests/test_security.py).
             return _event_finish(event, EventStatus.PROCESSED, payment=locked)
-        # Refund webhooks usually carry no refund id (gateways.md): correlate by payment and amount.
-        match = Q(amount=amount)
-        if parsed and parsed.refund_reference:
-            match |= Q(gateway_refund_id=parsed.refund_reference)
-        refund = (Refund.objects.select_for_update()
-                  .filter(payment=locked, status__in=[RefundStatus.PENDING, RefundStatus.PROCESSING])
-                  .filter(match).order_by("created_at").first())
+        refund = _refund_for_claim(locked, refund_id=claim.refund_id, refund_reference=claim.refund_reference,
+                                   amount=amount, currency=currency)
         if refund is None:
             if status != RefundStatus.PROCESSED or amount <= 0:
                 return _event_finish(event, EventStatus.PROCESSED, payment=locked,
                                      error="refund event with no open refund: nothing to update")
-            # Already closed by polling? Then this webhook confirms it; booking it again would count twice.
-            confirmed = (Refund.objects.select_for_update()
-                         .filter(payment=locked, status=RefundStatus.PROCESSED, amount=amount, event__isnull=True)
-                         .order_by("completed_at").first())
-            if confirmed is not None:
-                Refund.objects.filter(pk=confirmed.pk).update(event=event)
+            # Closed by polling before its webhook came (and the poll could not learn the gateway's names for
+            # it): this webhook confirms that refund. Booking it again would count it twice.
+            polled_q = Refund.objects.select_for_update().filter(
+                payment=locked, status=RefundStatus.PROCESSED, amount=amount, event__isnull=True,
+                gateway_refund_reference="")
+            if claim.refund_id:
+                polled_q = polled_q.filter(gateway_refund_id="")  # one with another id is another refund
+            polled = polled_q.order_by("completed_at", "pk").first()
+            if polled is not None:
+                _refund_identity_learn(polled, refund_id=claim.refund_id, refund_reference=claim.refund_reference)
+                Refund.objects.filter(pk=polled.pk).update(event=event)
                 return _event_finish(event, EventStatus.PROCESSED, payment=locked)
-            # A refund made on the gateway's dashboard: record it so our books match theirs.
+            if locked.status not in _CHARGE_SETTLED:
+                # Money cannot go back from a charge our books have not seen settle: keep the event, and
+                # apply it once the charge settles (payment_transition releases it), or a person does.
+                return _event_unmatched(event, "refund of a charge that has not settled here yet: kept until it"
+                                               " does")
             refund, _created = Refund.objects.get_or_create(
-                idempotency_key=f"webhook:{event.gateway}:{event.dedupe_key}"[:100],
-                defaults={"payment": locked, "amount": amount, "currency": locked.currency,
+                idempotency_key=base.bounded_key(f"webhook:{event.gateway}:{event.dedupe_key}", 255),
+                defaults={"payment": locked, "amount": amount, "currency": currency or locked.refund_currency,
                           "status": RefundStatus.PROCESSING, "reason": "refunded at the gateway",
                           "requested_by": event.gateway},
             )
+            logger.warning("refund made at the gateway recorded", extra={"refund_id": refund.pk,
+                                                                         "reference": locked.reference})
+        _refund_identity_learn(refund, refund_id=claim.refund_id, refund_reference=claim.refund_reference)
         _refund_status_apply(refund, locked, status, event=event)
         return _event_finish(event, EventStatus.PROCESSED, payment=locked)
 
 
+# Statuses in which our books hold the charge's money (a refund of it can be booked without a person).
+_CHARGE_SETTLED = frozenset({S.SUCCESS, S.PARTIALLY_REFUNDED, S.REFUNDED, S.REVERSED})
+
+
+def _payment_for_refund_event(event: WebhookEvent) -> Payment | None:
+    if event.reference:
+        payment = _payment_for_event(event)
+        if payment is not None:
+            return payment
+    if event.gateway_transaction_id:
+        # Some refund bodies name only the charge's gateway id (Flutterwave's tx_id).
+        return Payment.objects.filter(gateway=event.gateway,
+                                      gateway_transaction_id=event.gateway_transaction_id).first()
+    return None
+
+
+def _refund_for_claim(payment: Payment, *, refund_id: str, refund_reference: str, amount: int,
+                      currency: str) -> Refund | None:
+    """The (locked) refund a gateway's statement is about: by its id, then its reference, and only as a last
+    resort by amount, among OPEN refunds that no other identity already claims."""
+    mine = Refund.objects.select_for_update().filter(payment=payment)
+    if refund_id:
+        by_id = mine.filter(gateway_refund_id=refund_id).first()
+        if by_id is not None:
+            return by_id
+    if refund_reference:
+        by_reference = mine.filter(gateway_refund_reference=refund_reference).first()
+        if by_reference is not None:
+            return by_reference
+    if amount <= 0:
+        return None
+    candidates = mine.filter(status__in=OPEN_REFUND_STATUSES, amount=amount)
+    if currency:
+        candidates = candidates.filter(currency=currency)
+    if refund_id:
+        candidates = candidates.filter(gateway_refund_id="")
+    if refund_reference:
+        candidates = candidates.filter(gateway_refund_reference="")
+    return candidates.order_by("created_at", "pk").first()
+
+
+def _refund_identity_learn(refund: Refund, *, refund_id: str, refund_reference: str) -> None:
+    """Remember the gateway's names for a refund, so its later events match it and no other."""
+    fields = []
+    if refund_id and not refund.gateway_refund_id:
+        refund.gateway_refund_id = refund_id
+        fields.append("gateway_refund_id")
+    if refund_reference and not refund.gateway_refund_reference:
+        refund.gateway_refund_reference = refund_reference
+        fields.append("gateway_refund_reference")
+    if fields:
+        refund.save(update_fields=[*fields, "updated_at"])
+
+
 def _refund_status_apply(refund: Refund, payment: Payment, status: str, *, event: WebhookEvent | None) -> None:
-    """Move a locked refund to `status`; a processed refund moves its locked payment."""
+    """Move a locked refund to `status`; a processed refund is booked on its locked payment.
+
+    The booking (amount_refunded) never depends on the payment's state machine: money that went out is
+    never refundable again, whatever state the payment is in. The payment's status follows where it may.
+    """
     if refund.status in (RefundStatus.PROCESSED, RefundStatus.FAILED) or status == refund.status:
+        if event is not None and refund.event_id is None and status == refund.status == RefundStatus.PROCESSED:
+            # Closed by polling first: this webhook confirms it (booking it again would count it twice).
+            Refund.objects.filter(pk=refund.pk).update(event=event)
         return
     if status == RefundStatus.PROCESSED:
         refund.status = RefundStatus.PROCESSED
@@ -533,18 +629,61 @@ def _refund_status_apply(refund: Refund, payment: Payment, status: str, *, event
         refund.event = event
         refund.save(update_fields=["status", "completed_at", "event", "updated_at"])
         payment.amount_refunded += refund.amount
-        paid = payment.amount_paid or payment.amount
-        target = S.REFUNDED if payment.amount_refunded >= paid else S.PARTIALLY_REFUNDED
-        payment_transition(payment, target, source=TransitionSource.REFUND, event=event,
-                           details={"refund_id": refund.pk, "amount": refund.amount})
+        payment.save(update_fields=["amount_refunded", "updated_at"])
+        logger.info("refund processed", extra={"refund_id": refund.pk, "reference": payment.reference,
+                                               "amount": refund.amount, "amount_refunded": payment.amount_refunded})
+        _payment_refund_state_sync(payment, event=event, refund=refund)
     elif status == RefundStatus.FAILED:
         refund.status = RefundStatus.FAILED
         refund.completed_at = timezone.now()
         refund.save(update_fields=["status", "completed_at", "updated_at"])
         logger.error("refund failed at the gateway", extra={"refund_id": refund.pk, "reference": payment.reference})
-    elif status == RefundStatus.PROCESSING and refund.status == RefundStatus.PENDING:
+    elif status == RefundStatus.PROCESSING and refund.status in (RefundStatus.PENDING, RefundStatus.UNKNOWN):
         refund.status = RefundStatus.PROCESSING
         refund.save(update_fields=["status", "updated_at"])
+
+
+def _payment_refund_state_sync(payment: Payment, *, event: WebhookEvent | None = None,
+                               refund: Refund | None = None) -> PaymentTransition | None:
+    """Move a locked payment to (partially_)refunded where its booked refunds say so and the state machine
+    allows it. A payment in review stays there until refunded in full (a person decides the rest)."""
+    if payment.amount_refunded <= 0:
+        return None
+    full = payment.amount_refunded >= (payment.amount_paid or payment.amount)
+    if payment.status in (S.SUCCESS, S.PARTIALLY_REFUNDED):
+        target = S.REFUNDED if full else S.PARTIALLY_REFUNDED
+    elif payment.status == S.REVIEW and full:
+        target = S.REFUNDED
+    else:
+        return None
+    details: dict[str, Any] = {"amount_refunded": payment.amount_refunded, "currency": payment.refund_currency}
+    if refund is not None:
+        details.update(refund_id=refund.pk, amount=refund.amount, currency=refund.currency)
+    return payment_transition(payment, target, source=TransitionSource.REFUND, event=event, details=details)
+
+
+def _event_unmatched(event: WebhookEvent, note: str = "") -> str:
+    """Keep an event we cannot apply yet (no such payment, or a charge not settled): retried while young."""
+    WebhookEvent.objects.filter(pk=event.pk).update(
+        status=EventStatus.UNMATCHED, updated_at=timezone.now(), last_error=note,
+        next_attempt_at=timezone.now() + timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
+    )
+    logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
+                                               "reference": event.reference, "error": note or None})
+    return EventStatus.UNMATCHED
+
+
+def _refund_events_release(payment_id: int) -> None:
+    """After a charge settles: re-dispatch the refund events that were kept waiting for it."""
+    from . import queueing
+
+    payment = Payment.objects.filter(pk=payment_id).values_list("reference", "gateway").first()
+    if payment is None:
+        return
+    waiting = WebhookEvent.objects.filter(kind=EventKind.REFUND, status=EventStatus.UNMATCHED,
+                                          reference=payment[0], gateway=payment[1]).values_list("pk", flat=True)
+    for event_id in list(waiting[:100]):
+        queueing.event_dispatch(event_id, path="sweep")
 
 
 _EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
@@ -605,41 +744,50 @@ def payment_create(*, gateway_name: str, amount: int, currency: str, email: str,
 # --- refunds ----------------------------------------------------------------------------------------------
 def refund_request(payment: Payment | int, *, amount: int | None = None, idempotency_key: str,
                    reason: str = "", requested_by: str = "", locked: bool = False) -> Refund:
-    """Request a full (amount=None) or partial refund; the same idempotency key returns the same refund."""
+    """Request a full (amount=None) or partial refund; the same idempotency key returns the same refund.
+
+    The refund goes back in what the gateway says was paid (amount_paid, currency_paid), so a
+    currency-mismatch review refunds the customer's own money, in its own currency.
+    """
     from . import queueing
 
+    key = base.bounded_key(idempotency_key, 255)
     with transaction.atomic():
         payment_id = payment.pk if isinstance(payment, Payment) else payment
         row = payment if (locked and isinstance(payment, Payment)) else \
             Payment.objects.select_for_update().get(pk=payment_id)
-        existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+        existing = Refund.objects.filter(idempotency_key=key).first()
         if existing is not None:
             if existing.payment_id != row.pk or (amount is not None and existing.amount != amount):
                 raise RefundNotAllowedError("idempotency key already used for a different refund")
             return existing
         if row.status not in (S.SUCCESS, S.PARTIALLY_REFUNDED, S.REVIEW) or not row.amount_paid:
             raise RefundNotAllowedError(f"payment {row.reference} is {row.status}: nothing to refund")
-        open_total = Refund.objects.filter(
-            payment=row, status__in=[RefundStatus.PENDING, RefundStatus.PROCESSING]
-        ).aggregate(total=Sum("amount"))["total"] or 0
-        refundable = row.amount_paid - row.amount_refunded - open_total
+        refundable = refundable_amount(row)
         amount = refundable if amount is None else amount
         if amount <= 0 or amount > refundable:
             raise RefundNotAllowedError(f"refund of {amount} exceeds the refundable {refundable} "
-                                        f"{row.currency} minor units")
-        refund = Refund.objects.create(payment=row, amount=amount, currency=row.currency,
-                                       idempotency_key=idempotency_key[:100], reason=reason[:255],
-                                       requested_by=requested_by[:150])
+                                        f"{row.refund_currency} minor units")
+        refund = Refund.objects.create(payment=row, amount=amount, currency=row.refund_currency,
+                                       idempotency_key=key, reason=reason[:255], requested_by=requested_by[:150])
         transaction.on_commit(lambda: queueing.refund_dispatch(refund.pk))
     logger.info("refund requested", extra={"refund_id": refund.pk, "reference": row.reference, "amount": amount})
     return refund
 
 
-def refund_submit(refund_id: int) -> str:
-    """Send a pending refund to the gateway once. Returns the refund's status.
+def refundable_amount(payment: Payment) -> int:
+    """What may still be refunded: paid, less booked refunds, less refunds still open (reserved)."""
+    reserved = Refund.objects.filter(payment=payment, status__in=OPEN_REFUND_STATUSES).aggregate(
+        total=Sum("amount"))["total"] or 0
+    return max(0, (payment.amount_paid or 0) - payment.amount_refunded - reserved)
 
-    The attempt is recorded before the call: if the outcome of a call is unknown (timeout, 5xx) it is
-    not re-sent blindly, since a second POST could refund twice; it is left for polling or a person.
+
+def refund_submit(refund_id: int) -> str:
+    """Send a pending refund to the gateway at most once. Returns the refund's status.
+
+    The attempt is committed before the call. Only an answer that clearly refuses the request (a 4xx,
+    or a request never sent) makes the refund `failed`; a timeout, a dropped connection, a 5xx or a 2xx we
+    cannot read mean it may have been made: `unknown`, amount still reserved, never sent again.
     """
     with transaction.atomic():
         # of=("self",): lock only the refund row here; everywhere else the payment is locked before its
@@ -656,43 +804,113 @@ def refund_submit(refund_id: int) -> str:
                                 amount=refund.amount, currency=refund.currency, note=refund.reason or "refund")
     except base.TransientGatewayError as exc:
         if exc.request_sent:
-            Refund.objects.filter(pk=refund.pk).update(
-                last_error=f"outcome unknown, check with the gateway before retrying: {exc}"[:2000],
-                updated_at=timezone.now())
-            logger.error("refund outcome unknown", extra={"refund_id": refund.pk, "error": str(exc)})
-            return RefundStatus.PENDING
+            return refund_mark_unknown(refund.pk, f"{exc}")
         # Certainly not received by the gateway (connection refused, 429): safe to send again.
         Refund.objects.filter(pk=refund.pk).update(last_error=str(exc)[:2000], submitted_at=None,
                                                    updated_at=timezone.now())
         raise
-    except base.PermanentGatewayError as exc:
-        with transaction.atomic():
-            Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.FAILED, last_error=str(exc)[:2000],
-                                                       completed_at=timezone.now())
+    except base.GatewayError as exc:
+        if not exc.refused:
+            return refund_mark_unknown(refund.pk, f"unreadable answer: {exc}")
+        Refund.objects.filter(pk=refund.pk, status=RefundStatus.PENDING).update(
+            status=RefundStatus.FAILED, last_error=str(exc)[:2000], completed_at=timezone.now(),
+            updated_at=timezone.now())
         logger.error("refund refused by the gateway", extra={"refund_id": refund.pk, "error": str(exc)})
         return RefundStatus.FAILED
+    except Exception as exc:
+        # Whatever broke after the request went out (a bug, an answer no parser expected), it may have worked.
+        logger.exception("refund answer could not be handled", extra={"refund_id": refund.pk})
+        return refund_mark_unknown(refund.pk, f"{type(exc).__name__}: {exc}")
     with transaction.atomic():
         locked_payment = Payment.objects.select_for_update().get(pk=payment.pk)
         refund = Refund.objects.select_for_update().get(pk=refund.pk)
-        refund.gateway_refund_id = result.gateway_refund_id
-        refund.save(update_fields=["gateway_refund_id", "updated_at"])
+        _refund_identity_learn(refund, refund_id=result.gateway_refund_id, refund_reference=result.refund_reference)
         _refund_status_apply(refund, locked_payment, result.status, event=None)
         return refund.status
 
 
+def refund_mark_unknown(refund_id: int, error: str) -> str:
+    """The refund may have been made: keep its amount reserved, never send it again, tell staff once."""
+    with transaction.atomic():
+        moved = Refund.objects.filter(pk=refund_id, status=RefundStatus.PENDING).update(
+            status=RefundStatus.UNKNOWN, last_error=f"outcome unknown, never re-sent: {error}"[:2000],
+            updated_at=timezone.now())
+        refund = Refund.objects.select_related("payment").get(pk=refund_id)
+        notification = None
+        if moved:
+            notification = _notification_create(
+                kind=NotificationKind.REFUND_UNKNOWN, recipient=Recipient.STAFF, payment=refund.payment,
+                alert_key=f"refund-unknown:{refund.pk}",
+                message=f"Refund #{refund.pk} of {refund.amount} {refund.currency} on {refund.payment.reference} "
+                        f"was sent but its outcome is unknown ({error[:200]}). It will not be sent again; Payshift "
+                        "looks for it in the gateway's refund list. Check the gateway's dashboard before any new "
+                        "refund.")
+    if moved:
+        logger.error("refund outcome unknown", extra={"refund_id": refund_id, "error": error})
+        if notification is not None:
+            _deliver_after_commit([notification.pk])
+    return refund.status
+
+
 def refund_poll(refund_id: int) -> str:
-    """Ask the gateway about a refund it accepted (for gateways with a fetch endpoint)."""
+    """Ask the gateway about an open refund it may hold: by its id, else among the charge's refunds."""
     refund = Refund.objects.select_related("payment").get(pk=refund_id)
-    if refund.status != RefundStatus.PROCESSING or not refund.gateway_refund_id:
+    if refund.status not in (RefundStatus.PROCESSING, RefundStatus.UNKNOWN):
         return refund.status
-    result = gateway_get(refund.payment.gateway).refund_fetch(refund.gateway_refund_id)
-    if result is None:
+    gateway = gateway_get(refund.payment.gateway)
+    listing: list[base.RefundResult] | None = None
+    single: base.RefundResult | None = None
+    if refund.gateway_refund_id:
+        single = gateway.refund_fetch(refund.gateway_refund_id)
+    else:
+        listing = gateway.refunds_for_transaction(reference=refund.payment.reference,
+                                                  gateway_transaction_id=refund.payment.gateway_transaction_id)
+    if single is None and not listing:
         return refund.status
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
         locked = Refund.objects.select_for_update().get(pk=refund.pk)
+        result = single or _refund_pick(locked, listing or [])
+        if result is None:
+            return locked.status
+        _refund_identity_learn(locked, refund_id=result.gateway_refund_id, refund_reference=result.refund_reference)
         _refund_status_apply(locked, payment, result.status, event=None)
         return locked.status
+
+
+def _refund_pick(refund: Refund, listing: list[base.RefundResult]) -> base.RefundResult | None:
+    """Which of the gateway's refunds of this charge is ours: one of the same amount that none of our other
+    refunds already owns (under the payment lock, so two polls never claim the same one)."""
+    owned = set(Refund.objects.filter(payment_id=refund.payment_id).exclude(pk=refund.pk)
+                .exclude(gateway_refund_id="").values_list("gateway_refund_id", flat=True))
+    for candidate in listing:
+        if candidate.gateway_refund_id and candidate.gateway_refund_id in owned:
+            continue
+        if candidate.amount is not None and candidate.amount != refund.amount:
+            continue
+        if candidate.currency and candidate.currency != refund.currency:
+            continue
+        return candidate
+    return None
+
+
+def refund_settle(refund_id: int, *, to_status: str, note: str, actor: str) -> Refund:
+    """A person settles a refund whose outcome is unknown, after checking the gateway's dashboard."""
+    if not note.strip():
+        raise ValueError("a note is required to settle a refund")
+    if to_status not in (RefundStatus.PROCESSED, RefundStatus.FAILED):
+        raise ValueError("a refund settles as processed or failed")
+    with transaction.atomic():
+        refund = Refund.objects.get(pk=refund_id)
+        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        refund = Refund.objects.select_for_update().get(pk=refund_id)
+        if refund.status not in (RefundStatus.UNKNOWN, RefundStatus.PROCESSING):
+            raise ValueError(f"refund #{refund.pk} is {refund.status}: nothing to settle")
+        Refund.objects.filter(pk=refund.pk).update(last_error=f"settled by {actor[:150]}: {note}"[:2000])
+        _refund_status_apply(refund, payment, to_status, event=None)
+    logger.warning("refund settled by staff", extra={"refund_id": refund_id, "status": to_status, "actor": actor})
+    refund.refresh_from_db()
+    return refund
 
 
 # --- staff actions ----------------------------------------------------------------------------------------
@@ -710,6 +928,9 @@ def payment_review_resolve(payment_id: int, *, to_status: str, note: str, actor:
                                         actor=actor, details={"review_reason": payment.review_reason})
         if transition is None:
             raise ValueError("transition refused")
+        if to_status == S.SUCCESS:
+            # Refunds booked while it was in review now show in its status.
+            _payment_refund_state_sync(payment)
         return transition
 
 
@@ -823,7 +1044,7 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
 
     now = timezone.now()
     counts = {"verified": 0, "expired": 0, "swept": 0, "unmatched_retried": 0, "dead": 0, "hooks": 0,
-              "notifications": 0, "refunds": 0, "errors": 0}
+              "notifications": 0, "refunds": 0, "refunds_unknown": 0, "errors": 0}
     # 1. Inbox sweep: events a lost publish, a dead worker or a lost retry left behind. `queued` rows are
     # in a broker already, so they wait longer: re-publishing a backlog every minute would only add load.
     stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
@@ -870,20 +1091,31 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
         notification = Notification.objects.select_related("payment", "event").get(pk=notification_id)
         notification_deliver(notification)
         counts["notifications"] += 1
-    # 4. Refunds: lost tasks (never submitted) and gateway-side progress.
+    # 4. Refunds: lost tasks (never submitted), submissions whose process died before the gateway's answer was
+    # recorded (they may have been made: unknown, never re-sent), and gateway-side progress.
     for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PENDING, updated_at__lt=stale,
                                                            gateway_refund_id="", submitted_at__isnull=True)):
         if out_of_time():
             break
         queueing.refund_dispatch(refund_id)
         counts["refunds"] += 1
-    for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PROCESSING, updated_at__lt=stale)):
+    for refund_id in _ids_in_batches(Refund.objects.filter(status=RefundStatus.PENDING, submitted_at__lt=stuck)):
+        if out_of_time():
+            break
+        refund_mark_unknown(refund_id, "the submitting process stopped before the gateway's answer was recorded")
+        counts["refunds_unknown"] += 1
+    open_at_gateway = Refund.objects.filter(status__in=[RefundStatus.PROCESSING, RefundStatus.UNKNOWN],
+                                            updated_at__lt=stale)
+    for refund_id in _ids_in_batches(open_at_gateway):
         if out_of_time():
             break
         try:
             refund_poll(refund_id)
         except base.GatewayError:
             counts["errors"] += 1
+        # Polled: next time after another `stale` interval, so open refunds share the budget fairly.
+        Refund.objects.filter(pk=refund_id, status__in=[RefundStatus.PROCESSING, RefundStatus.UNKNOWN]).update(
+            updated_at=timezone.now())
     counts["silent_gateways"] = len(gateway_silence_alerts(now))
     # 5. Pending payments nobody told us about, oldest check first, in batches, within a time budget.
     recheck = now - timedelta(seconds=settings.PAYSHIFT_PENDING_RECHECK_SECONDS)

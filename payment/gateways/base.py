@@ -23,14 +23,29 @@ class GatewayError(Exception):
 
     transient: bool = False
 
+    def __init__(self, message: str, *, http_status: int | None = None, sent: bool = True) -> None:
+        super().__init__(message)
+        # The HTTP status the gateway answered with (None: no answer, or one we could not read). Only a 4xx,
+        # or a request never sent (`sent=False`, e.g. no key configured), is a clear refusal: a refund that
+        # met anything else may have been made.
+        self.http_status = http_status
+        self.sent = sent
+
+    @property
+    def refused(self) -> bool:
+        """The request certainly had no effect: never sent, or answered with a 4xx other than 429."""
+        if not self.sent:
+            return True
+        return self.http_status is not None and 400 <= self.http_status < 500 and self.http_status != 429
+
 
 class TransientGatewayError(GatewayError):
     """Network error, timeout, 5xx or 429: retrying later can fix it."""
 
     transient = True
 
-    def __init__(self, message: str, *, request_sent: bool = True) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, request_sent: bool = True, http_status: int | None = None) -> None:
+        super().__init__(message, http_status=http_status, sent=request_sent)
         # False when the gateway certainly did not act on it (connection refused, 429): a non-idempotent
         # call such as a refund may be re-sent only then.
         self.request_sent = request_sent
@@ -71,6 +86,7 @@ class ParsedEvent:
     currency: str = ""
     mode: str = ""
     refund_reference: str = ""
+    refund_id: str = ""
     outcome: str = ""  # what the body claims, as an OUTCOME_* value ("" when it claims nothing)
 
 
@@ -99,6 +115,8 @@ class RefundResult:
     gateway_refund_id: str
     status: str  # models.RefundStatus value
     amount: int | None = None
+    refund_reference: str = ""
+    currency: str = ""
 
 
 @dataclass
@@ -174,10 +192,29 @@ def ignored_event(gateway: str, name: str, body: bytes, reference: object) -> Pa
 
 
 def as_str(value: object, limit: int = 100) -> str:
-    """A scalar identifier from a payload as a bounded string ('' for null/objects)."""
+    """A scalar from a payload as a bounded string ('' for null/objects): for display-only text."""
     if value is None or isinstance(value, dict | list | bool):
         return ""
     return str(value)[:limit]
+
+
+def bounded_key(text: str, limit: int) -> str:
+    """`text` itself when it fits in `limit` characters, else a prefix plus the SHA-256 of the whole.
+
+    Cutting an identifier to fit a column makes two long ones that share a prefix the same key: a
+    webhook for one payment could then match another, or two refunds share an idempotency key.
+    """
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[:limit - len(digest) - 1]}~{digest}"
+
+
+def as_id(value: object, limit: int = 100) -> str:
+    """A scalar identifier from a payload ('' for null/objects), never truncated into a collision."""
+    if value is None or isinstance(value, dict | list | bool):
+        return ""
+    return bounded_key(str(value), limit)
 
 
 class Gateway(ABC):
@@ -236,9 +273,17 @@ class Gateway(ABC):
         """The refund's current state, for polling; None where the gateway has no such endpoint."""
         return None
 
+    def refunds_for_transaction(self, *, reference: str, gateway_transaction_id: str) -> list[RefundResult] | None:
+        """Every refund the gateway holds for one charge; None where the gateway cannot list them."""
+        return None
+
     def key_mode(self) -> str:
         """"test" or "live", from the API key in use."""
         return "test"
+
+    def configured_key_modes(self) -> dict[str, set[str]]:
+        """Setting name -> the modes of the keys it lists, for the mixed test/live keys system check."""
+        return {}
 
     # -- shared HTTP plumbing ----------------------------------------------------------------------
     base_url_setting: ClassVar[str]
@@ -286,18 +331,23 @@ class Gateway(ABC):
         code = response.status_code
         if code == 429 or code >= 500:
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
-            raise TransientGatewayError(f"{self.name} {endpoint}: HTTP {code}", request_sent=code != 429)
+            raise TransientGatewayError(f"{self.name} {endpoint}: HTTP {code}", request_sent=code != 429,
+                                        http_status=code)
         try:
             payload = json_loads_strict(response.content)
         except InvalidPayloadError as exc:
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, "bad_json").inc()
-            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code} with a non-JSON body") from exc
+            # A 2xx we cannot read is not a refusal (http_status stays None): the call may have worked.
+            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code} with a non-JSON body",
+                                        http_status=code if code >= 400 else None) from exc
         if code in (400, 404) and endpoint.startswith("verify"):
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
-            raise NotFoundAtGatewayError(f"{self.name} {endpoint}: HTTP {code}: {self._gateway_message(payload)}")
+            raise NotFoundAtGatewayError(f"{self.name} {endpoint}: HTTP {code}: {self._gateway_message(payload)}",
+                                         http_status=code)
         if code >= 400:
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
-            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code}: {self._gateway_message(payload)}")
+            raise PermanentGatewayError(f"{self.name} {endpoint}: HTTP {code}: {self._gateway_message(payload)}",
+                                        http_status=code)
         if not isinstance(payload, dict):
             raise PermanentGatewayError(f"{self.name} {endpoint}: answer is not a JSON object")
         return payload

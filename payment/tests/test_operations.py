@@ -82,13 +82,24 @@ def test_admin_resolve_review_requires_note(staff: Client) -> None:
     assert payment.transitions.get().actor == "support"
 
 
+def refund_form_token(staff: Client, url: str) -> str:
+    """The one-time token of a freshly rendered refund form."""
+    import re
+
+    page = staff.get(url).content.decode()
+    match = re.search(r'name="token" value="([^"]+)"', page)
+    assert match, "the refund form carries a one-time token"
+    return match.group(1)
+
+
 def test_admin_refund_action_calls_service(staff: Client) -> None:
     payment = make_payment("ADM-REF", status=PaymentStatus.SUCCESS, amount_paid=500000)
     url = f"/admin/payment/payment/{payment.pk}/refund/"
-    too_much = staff.post(url, {"amount": "600000", "reason": "oops"})
+    too_much = staff.post(url, {"refund_amount": "600000", "reason": "oops", "token": refund_form_token(staff, url)})
     assert too_much.status_code == 200 and "exceeds" in too_much.content.decode()
     with mock.patch("payment.queueing.refund_dispatch") as dispatch:
-        done = staff.post(url, {"amount": "100000", "reason": "damaged goods"})
+        done = staff.post(url, {"refund_amount": "100000", "reason": "damaged goods",
+                                "token": refund_form_token(staff, url)})
     assert done.status_code == 302
     refund = payment.refunds.get()
     assert (refund.amount, refund.requested_by) == (100000, "support")

@@ -40,6 +40,11 @@ def _amount(value: object, currency: str, where: str) -> int | None:
         raise base.InvalidPayloadError(f"{where}: {exc}") from exc
 
 
+def _is_test_key(key: str) -> bool:
+    # Flutterwave test keys read FLWSECK_TEST-... / FLWPUBK_TEST-...; live keys have no _TEST part.
+    return "_TEST" in key.upper()
+
+
 @register
 class FlutterwaveGateway(base.Gateway):
     name = "flutterwave"
@@ -53,12 +58,19 @@ class FlutterwaveGateway(base.Gateway):
     def api_key(self) -> str:
         keys = [k for k in settings.FLUTTERWAVE_SECRET_KEY if k]
         if not keys:
-            raise base.PermanentGatewayError("FLUTTERWAVE_SECRET_KEY is not configured")
+            raise base.PermanentGatewayError("FLUTTERWAVE_SECRET_KEY is not configured", sent=False)
         return keys[0]
 
     def key_mode(self) -> str:
         keys = [k for k in settings.FLUTTERWAVE_SECRET_KEY if k]
-        return "test" if not keys or "_TEST" in keys[0].upper() else "live"
+        return "test" if not keys or _is_test_key(keys[0]) else "live"
+
+    def configured_key_modes(self) -> dict[str, set[str]]:
+        public = settings.FLUTTERWAVE_PUBLIC_KEY
+        public_keys = [k.strip() for k in (public.split(",") if isinstance(public, str) else public) if k.strip()]
+        return {"FLUTTERWAVE_SECRET_KEY": {"test" if _is_test_key(k) else "live"
+                                           for k in settings.FLUTTERWAVE_SECRET_KEY if k},
+                "FLUTTERWAVE_PUBLIC_KEY": {"test" if _is_test_key(k) else "live" for k in public_keys}}
 
     def verify_signature(self, body: bytes, headers: Mapping[str, str]) -> bool:
         # verif-hash is the dashboard secret sent back verbatim: it proves the sender knows the secret,
@@ -190,7 +202,7 @@ class FlutterwaveGateway(base.Gateway):
     def refund(self, *, reference: str, gateway_transaction_id: str, amount: int, currency: str,
                note: str) -> base.RefundResult:
         if not gateway_transaction_id:
-            raise base.PermanentGatewayError("flutterwave refund needs the transaction id")
+            raise base.PermanentGatewayError("flutterwave refund needs the transaction id", sent=False)
         body = {"amount": minor_to_major(amount, currency), "comments": note}
         payload = self.api_request("POST", f"transactions/{quote(gateway_transaction_id, safe='')}/refund",
                                    "refund", content=base.json_dumps(body),

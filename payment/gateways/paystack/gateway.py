@@ -97,6 +97,10 @@ _PARSERS = {
 }
 
 
+def _key_list(value: str | list[str]) -> list[str]:
+    return [k.strip() for k in (value.split(",") if isinstance(value, str) else value) if k.strip()]
+
+
 @register
 class PaystackGateway(base.Gateway):
     name = "paystack"
@@ -112,12 +116,17 @@ class PaystackGateway(base.Gateway):
     def api_key(self) -> str:
         secrets = self.webhook_secrets()
         if not secrets:
-            raise base.PermanentGatewayError("PAYSTACK_SECRET_KEY is not configured")
+            raise base.PermanentGatewayError("PAYSTACK_SECRET_KEY is not configured", sent=False)
         return secrets[0]
 
     def key_mode(self) -> str:
         secrets = self.webhook_secrets()
         return "live" if secrets and secrets[0].startswith("sk_live_") else "test"
+
+    def configured_key_modes(self) -> dict[str, set[str]]:
+        return {"PAYSTACK_SECRET_KEY": {"live" if s.startswith("sk_live_") else "test" for s in self.webhook_secrets()},
+                "PAYSTACK_PUBLIC_KEY": {"live" if s.startswith("pk_live_") else "test"
+                                        for s in _key_list(settings.PAYSTACK_PUBLIC_KEY)}}
 
     def verify_signature(self, body: bytes, headers: Mapping[str, str]) -> bool:
         provided = headers.get(SIGNATURE_HEADER, "")
