@@ -70,8 +70,11 @@ class ParsedEvent:
     amount: int | None = None
     currency: str = ""
     mode: str = ""
+    # Refund events: the gateway's refund REFERENCE ("" while the gateway has none yet) and its refund id,
+    # two different identifiers that a refund may carry; `status` is then a RefundStatus value.
     refund_reference: str = ""
     outcome: str = ""  # what the body claims, as an OUTCOME_* value ("" when it claims nothing)
+    refund_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,13 @@ class CheckoutSession:
 
 @dataclass(frozen=True)
 class RefundResult:
+    """One refund as the gateway's API reports it."""
+
     gateway_refund_id: str
     status: str  # models.RefundStatus value
-    amount: int | None = None
+    amount: int | None = None  # minor units; None when the answer does not say
+    refund_reference: str = ""  # the gateway's own reference for the refund, distinct from its id
+    currency: str = ""
 
 
 @dataclass
@@ -234,6 +241,14 @@ class Gateway(ABC):
 
     def refund_fetch(self, gateway_refund_id: str) -> RefundResult | None:
         """The refund's current state, for polling; None where the gateway has no such endpoint."""
+        return None
+
+    def refunds_for_transaction(self, *, reference: str, gateway_transaction_id: str) -> list[RefundResult] | None:
+        """Every refund the gateway holds for one charge (None = no such endpoint).
+
+        For settling a refund whose POST outcome was unknown, when we may not know its id. The list is
+        complete or the call raises: a partial list could read as "never refunded" and invite a second POST.
+        """
         return None
 
     def key_mode(self) -> str:
