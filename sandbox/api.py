@@ -20,6 +20,17 @@ from sandbox.money import dumps
 from sandbox.runtime import Runtime
 
 
+def ascii_int(raw: str, max_digits: int = 18) -> int | None:
+    """A path or query id of ASCII digits as an int; None otherwise.
+
+    str.isdigit() also accepts "²", which int() then refuses with a ValueError (a 500), and int() of a
+    huge digit string is slow before it fails: both are turned away here.
+    """
+    if not raw or len(raw) > max_digits or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)
+
+
 class ApiError(Exception):
     """Answered with the gateway's error envelope and `status`."""
 

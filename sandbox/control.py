@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sandbox import flutterwave, paystack
+from sandbox.api import ascii_int
 from sandbox.faults import FaultSpecError
 from sandbox.money import AmountError, format_major, parse_minor
 from sandbox.runtime import Runtime
@@ -181,7 +182,8 @@ async def refund_advance(request: Request) -> JSONResponse:
     except ValueError as exc:
         return _error(400, str(exc))
     with runtime.store.lock:
-        refund = runtime.store.refunds.get((gateway, int(raw_id))) if raw_id.isdigit() else None
+        refund_id = ascii_int(raw_id)
+        refund = runtime.store.refunds.get((gateway, refund_id)) if refund_id is not None else None
         if refund is None:
             return _error(404, "no such refund")
         try:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sandbox import webhooks
-from sandbox.api import ApiCall, ApiError, GatewayApi, read_json
+from sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
 from sandbox.config import flutterwave_mode_for_key
 from sandbox.money import AmountError, major_to_minor, minor_to_major
 from sandbox.runtime import Runtime
@@ -197,7 +197,8 @@ def _verified(checkout: Checkout, charge: Charge) -> tuple[int, dict[str, Any]]:
 
 
 def _charge_by_id(store: Store, raw_id: str) -> tuple[Checkout, Charge]:
-    charge = store.charges.get((NAME, int(raw_id))) if raw_id.isdigit() else None
+    charge_id = ascii_int(raw_id)
+    charge = store.charges.get((NAME, charge_id)) if charge_id is not None else None
     if charge is None:
         raise ApiError(NOT_FOUND_STATUS, NOT_FOUND_MESSAGE)
     return store.checkouts[(NAME, charge.reference)], charge
@@ -291,7 +292,8 @@ async def refund(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
 
 
 def _refund_by_path(store: Store, raw_id: str) -> Refund:
-    record = store.refunds.get((NAME, int(raw_id))) if raw_id.isdigit() else None
+    refund_id = ascii_int(raw_id)
+    record = store.refunds.get((NAME, refund_id)) if refund_id is not None else None
     if record is None:
         raise ApiError(NOT_FOUND_STATUS, "No refund was found for this id")
     return record
@@ -317,10 +319,9 @@ def _query_date(request: Request, name: str) -> date | None:
 async def refund_list(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
     """GET /refunds: newest first, 20 a page; filters `from`/`to` (dates), `status`, `currency`, `page`.
     Flutterwave documents no filter by transaction: clients look at transaction_id themselves."""
-    raw_page = request.query_params.get("page") or "1"
-    if not raw_page.isdigit() or int(raw_page) < 1:
+    page = ascii_int(request.query_params.get("page") or "1", max_digits=7)
+    if page is None or page < 1:
         raise ApiError(400, "Invalid page")
-    page = int(raw_page)
     since, until = _query_date(request, "from"), _query_date(request, "to")
     status = request.query_params.get("status")
     currency = (request.query_params.get("currency") or "").upper()

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sandbox import webhooks
-from sandbox.api import ApiCall, ApiError, GatewayApi, read_json
+from sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
 from sandbox.config import paystack_mode_for_key
 from sandbox.money import AmountError, parse_minor
 from sandbox.runtime import Runtime
@@ -317,9 +317,10 @@ def _find_charge(store: Store, transaction: Any) -> tuple[Checkout, Charge] | No
         charge = store.latest_charge(checkout) if checkout else None
         if checkout and charge:
             return checkout, charge
-        if not transaction.isdigit():
+        as_id = ascii_int(transaction)
+        if as_id is None:
             return None
-        transaction = int(transaction)
+        transaction = as_id
     if isinstance(transaction, int) and not isinstance(transaction, bool):
         found = store.charges.get((NAME, transaction))
         if found is not None:
@@ -383,7 +384,8 @@ async def refund_create(request: Request, call: ApiCall) -> tuple[int, dict[str,
 
 
 def _refund_by_path(store: Store, raw_id: str) -> Refund:
-    refund = store.refunds.get((NAME, int(raw_id))) if raw_id.isdigit() else None
+    refund_id = ascii_int(raw_id)
+    refund = store.refunds.get((NAME, refund_id)) if refund_id is not None else None
     if refund is None:
         raise ApiError(404, "Refund not found")
     return refund
@@ -400,9 +402,10 @@ def _query_int(request: Request, name: str, default: int, limit: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= limit:
+    value = ascii_int(raw, max_digits=7)
+    if value is None or not 1 <= value <= limit:
         raise ApiError(400, f"Invalid {name}")
-    return int(raw)
+    return value
 
 
 def _query_time(request: Request, name: str) -> datetime | None:

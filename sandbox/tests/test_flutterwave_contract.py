@@ -386,3 +386,18 @@ def test_refund_nudged_to_completed_or_failed(make_client: Any, receiver: Receiv
     (hook,) = receiver.wait_for(1)
     assert json.loads(hook.body)["data"]["id"] == ids[0]
     assert client.post(f"/_sandbox/refunds/flutterwave/{ids[1]}/advance").status_code == 409
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/flutterwave/v3/refunds/%C2%B2",  # "²" passes str.isdigit() but not int()
+        "/flutterwave/v3/transactions/%C2%B2/verify",
+        "/flutterwave/v3/refunds?page=%C2%B2",
+        "/flutterwave/v3/refunds?page=" + "9" * 5000,
+    ],
+)
+def test_odd_digits_are_4xx_not_500(client: TestClient, path: str) -> None:
+    response = client.get(path, headers=FW)
+    assert 400 <= response.status_code < 500
+    assert response.json()["status"] == "error"

@@ -457,3 +457,22 @@ def test_no_webhook_for_failed_paystack_charges(client: TestClient, receiver: Re
     seed(client, gateway="paystack", reference="W-3", amount=100, status="success", send_webhook=True)
     hooks = receiver.wait_for(1)
     assert [json.loads(h.body)["data"]["reference"] for h in hooks] == ["W-3"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/paystack/refund/%C2%B2", None, 404),  # "²" passes str.isdigit() but not int()
+        ("GET", "/paystack/refund?perPage=%C2%B2", None, 400),
+        ("GET", "/paystack/refund?page=" + "9" * 5000, None, 400),
+        ("POST", "/paystack/refund", {"transaction": "\u00b2"}, 404),
+        ("POST", "/paystack/refund", {"transaction": "R-U", "amount": "\u00b2"}, 400),
+    ],
+)
+def test_odd_digits_are_4xx_not_500(
+    client: TestClient, method: str, path: str, body: dict[str, Any] | None, status: int
+) -> None:
+    seed(client, gateway="paystack", reference="R-U", amount=1000, status="success")
+    response = client.request(method, path, headers=PS, json=body)
+    assert response.status_code == status
+    assert response.json()["status"] is False
