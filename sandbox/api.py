@@ -113,7 +113,7 @@ class GatewayApi:
 
     async def _maybe_time_out(self, plan: FaultPlan, response: Response) -> Response:
         # A timeout loses the answer, not the work: the request has been processed, as can
-        # happen for real (gateways.md: "a timeout is not a failure: query the status").
+        # happen for real: a timeout is not a failure, the client must query the status.
         if plan.timeout_s is None:
             return response
         await asyncio.sleep(plan.timeout_s)

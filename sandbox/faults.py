@@ -26,7 +26,7 @@ class Faults:
     rate_limit_rate: float = 0.0
     rate_limit_retry_after_s: int = 1
     timeout_rate: float = 0.0
-    timeout_s: float = 28.0  # Flutterwave answers 503 after about 28 s (gateways.md)
+    timeout_s: float = 28.0  # Flutterwave answers 503 after about 28 s
     duplicate_webhooks: int = 0
     out_of_order: bool = False
     webhook_delay_ms: int = 0

@@ -22,7 +22,7 @@ ACCOUNT_ID = 17_321
 WALLET_ID = 74_639
 LIST_PAGE_SIZE = 20  # GET /refunds answers 20 a page (page_info.page_size in Flutterwave's example)
 # Real Flutterwave answers "No transaction was found for this id" for unknown ids and
-# tx_refs; gateways.md gives no status code, and reports show it with a 400. We answer
+# tx_refs; its docs give no status code, and reports show it with a 400. We answer
 # 404 so a missing transaction is distinguishable from a malformed request; clients
 # should key on the envelope (status "error") and treat any 4xx the same way.
 NOT_FOUND_STATUS = 404

@@ -32,7 +32,7 @@ API = GatewayApi(
     unauthorised_message="Invalid key",
 )
 
-# Paystack has no charge.failed event (gateways.md): only success produces a webhook.
+# Paystack has no charge.failed event: only success produces a webhook.
 CHECKOUT_ACTIONS = (("pay", "Pay successfully"), ("fail", "Fail"), ("abandon", "Abandon"))
 _ACTION_STATUS = {"pay": "success", "fail": "failed", "abandon": "abandoned"}
 

@@ -27,7 +27,7 @@ NOT_FOUND = {"status": "error", "message": "No transaction was found for this id
 
 
 def assert_verify_shape(data: dict[str, Any]) -> None:
-    """The verify `data` fields gateways.md lists, with their types."""
+    """The verify `data` fields Flutterwave documents, with their types."""
     assert is_int(data["id"])
     for key in (
         "tx_ref",

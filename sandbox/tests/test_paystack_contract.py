@@ -1,4 +1,4 @@
-"""Field-by-field contract of the Paystack emulation against gateways.md (int minor units everywhere)."""
+"""Field-by-field contract of the Paystack emulation against Paystack's wire format (int minor units everywhere)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ISO_TS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
 
 def assert_transaction_shape(data: dict[str, Any]) -> None:
-    """The verify / charge.success `data` fields gateways.md lists, with their types."""
+    """The verify / charge.success `data` fields Paystack documents, with their types."""
     assert is_int(data["id"])
     assert data["domain"] in ("test", "live")
     assert isinstance(data["status"], str)

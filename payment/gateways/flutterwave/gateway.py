@@ -23,7 +23,7 @@ SIGNATURE_HEADER = "flutterwave-signature"
 
 _OUTCOMES = {
     "successful": base.OUTCOME_SUCCESS,
-    "succeeded": base.OUTCOME_SUCCESS,  # v4 wording (UNVERIFIED in gateways.md)
+    "succeeded": base.OUTCOME_SUCCESS,  # v4 wording (unverified)
     "failed": base.OUTCOME_FAILED,
     "cancelled": base.OUTCOME_ABANDONED,
 }
@@ -161,7 +161,7 @@ class FlutterwaveGateway(base.Gateway):
             if verbatim:
                 ok = hmac.compare_digest(secret_bytes, verbatim.encode("utf-8", "replace")) or ok
             if signature:
-                # Two reported meanings (gateways.md, UNVERIFIED): the hash verbatim, or base64 of
+                # Two reported meanings (unverified): the hash verbatim, or base64 of
                 # HMAC-SHA256(raw body) keyed with it. Accept either.
                 given = signature.strip().encode("utf-8", "replace")
                 mac = base64.b64encode(hmac.new(secret_bytes, body, hashlib.sha256).digest())

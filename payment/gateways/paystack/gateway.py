@@ -57,7 +57,7 @@ def _charge_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
         gateway="paystack",
         event=name,
         kind="charge",
-        # Paystack sends no event id (gateways.md): the key is built from what identifies the fact.
+        # Paystack sends no event id: the key is built from what identifies the fact.
         dedupe_key=f"{name}:{reference}:{transaction_id}:{status}",
         reference=reference,
         gateway_transaction_id=transaction_id,
@@ -141,7 +141,7 @@ def _page_count(meta: object) -> int | None:
         return None
 
 
-# Dispatch table (design.md 4.7): event name -> parser. Anything else is authentic but ignored.
+# Dispatch table: event name -> parser. Anything else is authentic but ignored.
 _PARSERS = {
     "charge.success": _charge_event,
     "refund.pending": _refund_event,
@@ -161,7 +161,7 @@ class PaystackGateway(base.Gateway):
     base_url_setting = "PAYSTACK_BASE_URL"
 
     def webhook_secrets(self) -> list[str]:
-        # There is no separate webhook secret: the API secret key signs (gateways.md).
+        # There is no separate webhook secret: the API secret key signs.
         return [s for s in settings.PAYSTACK_SECRET_KEY if s]
 
     def api_key(self) -> str:
@@ -266,7 +266,7 @@ class PaystackGateway(base.Gateway):
     def verify_transaction(self, *, reference: str, gateway_transaction_id: str = "") -> base.Verification:
         payload = self.api_request("GET", f"transaction/verify/{quote(reference, safe='')}", "verify")
         data = payload.get("data")
-        # Top-level status only says the call worked; the outcome is data.status (gateways.md pitfall 7).
+        # Top-level status only says the call worked; the outcome is data.status.
         if payload.get("status") is not True or not isinstance(data, dict):
             raise base.PermanentGatewayError("paystack verify: unexpected answer shape")
         try:
