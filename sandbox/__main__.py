@@ -41,8 +41,10 @@ _CONFIG_FLAGS: list[tuple[str, str, Any, str]] = [
         "--refund-delay-ms",
         "refund_delay_ms",
         int,
-        "Paystack refunds turn processed after this (default 2000)",
+        "time per refund step: Paystack pending -> processing -> processed, Flutterwave -> completed "
+        "(default 2000)",
     ),
+    ("--max-refunds", "max_refunds", int, "refunds kept in memory; the oldest finished go first (default 10000)"),
     ("--seed", "seed", int, "seed for the fault dice (reproducible runs)"),
 ]
 _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -56,6 +58,7 @@ _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--duplicate-webhooks", "duplicate_webhooks", int, "send each webhook N extra times (same bytes)"),
     ("--webhook-delay-ms", "webhook_delay_ms", int, "wait before delivering webhooks"),
     ("--webhook-amount-delta", "webhook_amount_delta", int, "webhook amount = verify amount + N minor units"),
+    ("--refund-outcome", "refund_outcome", str, "new refunds end: '' (succeed), failed, needs-attention"),
 ]
 
 

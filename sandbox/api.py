@@ -20,6 +20,17 @@ from sandbox.money import dumps
 from sandbox.runtime import Runtime
 
 
+def ascii_int(raw: str, max_digits: int = 18) -> int | None:
+    """A path or query id of ASCII digits as an int; None otherwise.
+
+    str.isdigit() also accepts "²", which int() then refuses with a ValueError (a 500), and int() of a
+    huge digit string is slow before it fails: both are turned away here.
+    """
+    if not raw or len(raw) > max_digits or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)
+
+
 class ApiError(Exception):
     """Answered with the gateway's error envelope and `status`."""
 
@@ -102,7 +113,7 @@ class GatewayApi:
 
     async def _maybe_time_out(self, plan: FaultPlan, response: Response) -> Response:
         # A timeout loses the answer, not the work: the request has been processed, as can
-        # happen for real (gateways.md: "a timeout is not a failure: query the status").
+        # happen for real: a timeout is not a failure, the client must query the status.
         if plan.timeout_s is None:
             return response
         await asyncio.sleep(plan.timeout_s)

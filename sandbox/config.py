@@ -43,8 +43,10 @@ class SandboxConfig:
     webhook_tries: int = 3
     webhook_retry_delay_ms: int = 1000
     webhook_timeout_s: float = 30.0  # Paystack's own delivery timeout
-    refund_delay_ms: int = 2000
+    refund_delay_ms: int = 2000  # per refund step: Paystack pending -> processing -> final, Flutterwave one step
+    refund_auto_advance: bool = True  # False: refunds move only on POST /_sandbox/refunds/.../advance
     max_deliveries: int = 10_000  # ring buffer: benchmarks must not grow memory without bound
+    max_refunds: int = 10_000  # the oldest finished refunds are forgotten past this
     seed: int | None = None
     faults: Faults = field(default_factory=Faults)
 
@@ -55,6 +57,8 @@ class SandboxConfig:
             raise ValueError("the Flutterwave webhook hash must not be empty")
         if self.webhook_tries < 1:
             raise ValueError("webhook_tries must be >= 1")
+        if self.refund_delay_ms < 0 or self.max_refunds < 1:
+            raise ValueError("refund_delay_ms must be >= 0 and max_refunds >= 1")
         self.webhook_base_url = self.webhook_base_url.rstrip("/")
         self.public_url = self.public_url.rstrip("/")
 

@@ -11,15 +11,21 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sandbox import flutterwave, paystack
+from sandbox.api import ascii_int
 from sandbox.faults import FaultSpecError
 from sandbox.money import AmountError, format_major, parse_minor
 from sandbox.runtime import Runtime
-from sandbox.state import GATEWAYS, STATUSES, Checkout, Store, TransactionSpec, iso
+from sandbox.state import GATEWAYS, STATUSES, Checkout, Refund, Store, TransactionSpec, iso
 
 Upsert = Callable[[Runtime, TransactionSpec], tuple[Checkout, bool]]
 _UPSERT: dict[str, Upsert] = {
     paystack.NAME: paystack.control_upsert,
     flutterwave.NAME: flutterwave.control_upsert,
+}
+Advance = Callable[[Runtime, Refund, str | None], None]
+_ADVANCE: dict[str, Advance] = {
+    paystack.NAME: paystack.refund_advance,
+    flutterwave.NAME: flutterwave.refund_advance,
 }
 
 
@@ -55,10 +61,26 @@ def transaction_view(store: Store, checkout: Checkout, runtime: Runtime) -> dict
             for a in attempts
         ],
         "refunds": [
-            {"id": r.id, "amount": r.amount, "status": r.status, "refund_reference": r.refund_reference}
+            refund_view(r)
             for r in store.refunds.values()
             if r.gateway == checkout.gateway and r.reference == checkout.reference
         ],
+    }
+
+
+def refund_view(refund: Refund) -> dict[str, Any]:
+    """The neutral view of a refund, in the gateway's own status words; amounts in minor units."""
+    return {
+        "gateway": refund.gateway,
+        "id": refund.id,
+        "transaction_id": refund.charge_id,
+        "reference": refund.reference,
+        "amount": refund.amount,
+        "currency": refund.currency,
+        "status": refund.status,
+        "outcome": refund.outcome,
+        "refund_reference": refund.refund_reference,
+        "flw_ref": refund.flw_ref or None,
     }
 
 
@@ -148,6 +170,29 @@ async def transaction_detail(request: Request) -> JSONResponse:
         return JSONResponse(transaction_view(runtime.store, checkout, runtime))
 
 
+async def refund_advance(request: Request) -> JSONResponse:
+    """Nudge a refund one step on (or to `{"status": ...}`), sending that step's webhook, as time would."""
+    runtime: Runtime = request.app.state.runtime
+    gateway, raw_id = request.path_params["gateway"], request.path_params["refund_id"]
+    if gateway not in _ADVANCE:
+        return _error(404, "no such gateway")
+    try:
+        body = await _json_object(request)
+        target = _optional_str(body, "status")
+    except ValueError as exc:
+        return _error(400, str(exc))
+    with runtime.store.lock:
+        refund_id = ascii_int(raw_id)
+        refund = runtime.store.refunds.get((gateway, refund_id)) if refund_id is not None else None
+        if refund is None:
+            return _error(404, "no such refund")
+        try:
+            _ADVANCE[gateway](runtime, refund, target)
+        except ValueError as exc:
+            return _error(409, str(exc))
+        return JSONResponse(refund_view(refund))
+
+
 async def deliveries(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     reference = request.query_params.get("reference")
@@ -190,6 +235,7 @@ ROUTES = [
     Route("/_sandbox/health", health, methods=["GET"]),
     Route("/_sandbox/transactions", transaction_upsert, methods=["POST"]),
     Route("/_sandbox/transactions/{gateway}/{reference}", transaction_detail, methods=["GET"]),
+    Route("/_sandbox/refunds/{gateway}/{refund_id}/advance", refund_advance, methods=["POST"]),
     Route("/_sandbox/deliveries", deliveries, methods=["GET"]),
     Route("/_sandbox/faults", faults_get, methods=["GET"]),
     Route("/_sandbox/faults", faults_set, methods=["POST"]),

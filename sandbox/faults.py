@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FAULT_HEADER = "x-sandbox-fault"
+REFUND_OUTCOMES = ("", "failed", "needs-attention")
 
 
 class FaultSpecError(ValueError):
@@ -25,11 +26,14 @@ class Faults:
     rate_limit_rate: float = 0.0
     rate_limit_retry_after_s: int = 1
     timeout_rate: float = 0.0
-    timeout_s: float = 28.0  # Flutterwave answers 503 after about 28 s (gateways.md)
+    timeout_s: float = 28.0  # Flutterwave answers 503 after about 28 s
     duplicate_webhooks: int = 0
     out_of_order: bool = False
     webhook_delay_ms: int = 0
     webhook_amount_delta: int = 0
+    # How refunds created from now on end: "" (they succeed), "failed", or Paystack's "needs-attention"
+    # (a Flutterwave refund then fails: it has no such state).
+    refund_outcome: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,6 +66,8 @@ class Faults:
             raise FaultSpecError("timeout_s must be >= 0")
         if not 400 <= self.error_status <= 599:
             raise FaultSpecError("error_status must be an HTTP 4xx/5xx code")
+        if self.refund_outcome not in REFUND_OUTCOMES:
+            raise FaultSpecError(f"refund_outcome must be one of {', '.join(map(repr, REFUND_OUTCOMES))}")
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:
@@ -70,6 +76,10 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
         if isinstance(raw, bool):
             return raw
         raise FaultSpecError(f"{name} must be true or false")
+    if kind is str:
+        if isinstance(raw, str):
+            return raw
+        raise FaultSpecError(f"{name} must be a string")
     if isinstance(raw, bool):
         raise FaultSpecError(f"{name} must be a number")
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -9,16 +11,18 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from sandbox import webhooks
-from sandbox.api import ApiCall, ApiError, GatewayApi, read_json
+from sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
 from sandbox.config import flutterwave_mode_for_key
 from sandbox.money import AmountError, major_to_minor, minor_to_major
 from sandbox.runtime import Runtime
-from sandbox.state import Charge, Checkout, Store, TransactionSpec, iso, utcnow
+from sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso, utcnow
 
 NAME = "flutterwave"
 ACCOUNT_ID = 17_321
+WALLET_ID = 74_639
+LIST_PAGE_SIZE = 20  # GET /refunds answers 20 a page (page_info.page_size in Flutterwave's example)
 # Real Flutterwave answers "No transaction was found for this id" for unknown ids and
-# tx_refs; gateways.md gives no status code, and reports show it with a 400. We answer
+# tx_refs; its docs give no status code, and reports show it with a 400. We answer
 # 404 so a missing transaction is distinguishable from a malformed request; clients
 # should key on the envelope (status "error") and treat any 4xx the same way.
 NOT_FOUND_STATUS = 404
@@ -193,7 +197,8 @@ def _verified(checkout: Checkout, charge: Charge) -> tuple[int, dict[str, Any]]:
 
 
 def _charge_by_id(store: Store, raw_id: str) -> tuple[Checkout, Charge]:
-    charge = store.charges.get((NAME, int(raw_id))) if raw_id.isdigit() else None
+    charge_id = ascii_int(raw_id)
+    charge = store.charges.get((NAME, charge_id)) if charge_id is not None else None
     if charge is None:
         raise ApiError(NOT_FOUND_STATUS, NOT_FOUND_MESSAGE)
     return store.checkouts[(NAME, charge.reference)], charge
@@ -221,12 +226,47 @@ async def verify_by_reference(request: Request, call: ApiCall) -> tuple[int, dic
         return _verified(checkout, chosen)
 
 
+def _refund_data(refund: Refund) -> dict[str, Any]:
+    """The v3 refund object (POST .../refund, GET /refunds/{id}, the refund webhook): amount_refunded is
+    a major-unit number, and there is no tx_ref and no currency in it (payment/tests/payloads/flutterwave/)."""
+    return {
+        "id": refund.id,
+        "account_id": ACCOUNT_ID,
+        "tx_id": refund.charge_id,
+        "flw_ref": refund.flw_ref,
+        "wallet_id": WALLET_ID,
+        "amount_refunded": _major(refund.amount, refund.currency),
+        "status": refund.status,
+        "destination": "payment_source",
+        "meta": {"source": "availablebalance"},
+        "comments": refund.merchant_note,
+        "created_at": iso(refund.created_at),
+    }
+
+
+def _refund_row(refund: Refund) -> dict[str, Any]:
+    """One row of GET /refunds: the list names the charge transaction_id and the note comment."""
+    return {
+        "id": refund.id,
+        "amount_refunded": _major(refund.amount, refund.currency),
+        "status": refund.status,
+        "flw_ref": refund.flw_ref,
+        "comment": refund.merchant_note,
+        "settlement_id": None,
+        "meta": {"source": "availablebalance"},
+        "created_at": iso(refund.created_at),
+        "account_id": ACCOUNT_ID,
+        "transaction_id": refund.charge_id,
+    }
+
+
 async def refund(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
     body = await read_json(request)
     comments = body.get("comments")
     if comments is not None and not isinstance(comments, str):
         raise ApiError(400, "Invalid comments")
-    store = call.runtime.store
+    runtime = call.runtime
+    store = runtime.store
     with store.lock:
         _checkout, charge = _charge_by_id(store, request.path_params["transaction_id"])
         if charge.status != "success":
@@ -238,23 +278,103 @@ async def refund(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
         )
         if amount > charge.refundable:
             raise ApiError(400, "Refund amount cannot be greater than the remaining refundable amount")
-        # Flutterwave completes refunds from the available balance at once (status "completed").
-        record = store.add_refund(charge, amount, "completed", merchant_note=comments)
-        record.processed_at = utcnow()
-        data = {
-            "id": record.id,
-            "account_id": ACCOUNT_ID,
-            "tx_id": charge.id,
-            "flw_ref": record.flw_ref,
-            "wallet_id": 74_639,
-            "amount_refunded": _major(amount, charge.currency),
-            "status": record.status,
-            "destination": "payment_source",
-            "meta": {"source": "availablebalance"},
-            "comments": comments,
-            "created_at": iso(record.created_at),
-        }
+        # "processing" is Flutterwave's transient refund state; it ends "completed" or "failed" later.
+        try:
+            record = store.add_refund(
+                charge, amount, "processing", merchant_note=comments, outcome=runtime.faults.refund_outcome
+            )
+        except StoreFullError as exc:
+            raise ApiError(503, f"Refunds are busy, try again later ({exc})") from None
+        data = _refund_data(record)
+    if runtime.config.refund_auto_advance:
+        runtime.spawn(_refund_lifecycle(runtime, record.id))
     return 200, {"status": "success", "message": "Transaction refund initiated", "data": data}
+
+
+def _refund_by_path(store: Store, raw_id: str) -> Refund:
+    refund_id = ascii_int(raw_id)
+    record = store.refunds.get((NAME, refund_id)) if refund_id is not None else None
+    if record is None:
+        raise ApiError(NOT_FOUND_STATUS, "No refund was found for this id")
+    return record
+
+
+async def refund_fetch(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    store = call.runtime.store
+    with store.lock:
+        data = _refund_data(_refund_by_path(store, request.path_params["refund_id"]))
+    return 200, {"status": "success", "message": "Refund fetched", "data": data}
+
+
+def _query_date(request: Request, name: str) -> date | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw[:10])
+    except ValueError:
+        raise ApiError(400, f"Invalid {name} date, use YYYY-MM-DD") from None
+
+
+async def refund_list(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    """GET /refunds: newest first, 20 a page; filters `from`/`to` (dates), `status`, `currency`, `page`.
+    Flutterwave documents no filter by transaction: clients look at transaction_id themselves."""
+    page = ascii_int(request.query_params.get("page") or "1", max_digits=7)
+    if page is None or page < 1:
+        raise ApiError(400, "Invalid page")
+    since, until = _query_date(request, "from"), _query_date(request, "to")
+    status = request.query_params.get("status")
+    currency = (request.query_params.get("currency") or "").upper()
+    store = call.runtime.store
+    with store.lock:
+        rows = [
+            r
+            for r in reversed(store.refunds.values())
+            if r.gateway == NAME
+            and (not status or r.status == status)
+            and (not currency or r.currency == currency)
+            and (since is None or r.created_at.date() >= since)
+            and (until is None or r.created_at.date() <= until)
+        ]
+        data = [_refund_row(r) for r in rows[(page - 1) * LIST_PAGE_SIZE : page * LIST_PAGE_SIZE]]
+    page_info = {
+        "total": len(rows),
+        "current_page": page,
+        "total_pages": max(1, -(-len(rows) // LIST_PAGE_SIZE)),
+        "page_size": LIST_PAGE_SIZE,
+    }
+    return 200, {"status": "success", "message": "Refunds fetched", "meta": {"page_info": page_info}, "data": data}
+
+
+ADVANCE_TARGETS = ("completed", "failed")
+
+
+def refund_advance(runtime: Runtime, record: Refund, target: str | None = None) -> None:
+    """Finish a processing refund: completed (with the refund.completed webhook) or failed.
+
+    Flutterwave has no needs-attention: that planned ending fails. The caller holds store.lock.
+    """
+    if record.final:
+        raise ValueError(f"refund {record.id} is already {record.status}")
+    status = target or ("completed" if not record.outcome else "failed")
+    if status not in ADVANCE_TARGETS:
+        raise ValueError(f"a Flutterwave refund ends completed or failed, not {status!r}")
+    record.status = status
+    record.processed_at = record.updated_at = utcnow()
+    if status == "failed":
+        # No failure webhook: v3 documents only refund.completed; polling (GET /refunds/{id}) finds it.
+        runtime.store.charges[(NAME, record.charge_id)].refunded -= record.amount
+        return
+    hook = webhooks.build_flutterwave(runtime, "refund.completed", record.reference, _refund_data(record), None)
+    runtime.send_webhooks([hook])
+
+
+async def _refund_lifecycle(runtime: Runtime, refund_id: int) -> None:
+    await asyncio.sleep(runtime.config.refund_delay_ms / 1000)
+    with runtime.store.lock:
+        record = runtime.store.refunds.get((NAME, refund_id))
+        if record is not None and not record.final:  # gone, or already finished by a nudge
+            refund_advance(runtime, record)
 
 
 ROUTES: list[Route] = [
@@ -262,6 +382,8 @@ ROUTES: list[Route] = [
     API.route("/flutterwave/v3/transactions/verify_by_reference", verify_by_reference, ["GET"]),
     API.route("/flutterwave/v3/transactions/{transaction_id}/verify", verify, ["GET"]),
     API.route("/flutterwave/v3/transactions/{transaction_id}/refund", refund, ["POST"]),
+    API.route("/flutterwave/v3/refunds", refund_list, ["GET"]),
+    API.route("/flutterwave/v3/refunds/{refund_id}", refund_fetch, ["GET"]),
 ]
 
 

@@ -74,7 +74,8 @@ def parse_minor(raw: Any) -> int:
         raise AmountError("amount must be an integer in minor units")
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw.strip().isdigit():
+    # ASCII only: "²".isdigit() is True but int("²") raises.
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit() and len(raw.strip()) <= 18:
         return int(raw.strip())
     raise AmountError("amount must be an integer in minor units")
 

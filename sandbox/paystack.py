@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
 
 from sandbox import webhooks
-from sandbox.api import ApiCall, ApiError, GatewayApi, read_json
+from sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
 from sandbox.config import paystack_mode_for_key
 from sandbox.money import AmountError, parse_minor
 from sandbox.runtime import Runtime
-from sandbox.state import Charge, Checkout, Refund, Store, TransactionSpec, iso, utcnow
+from sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso, utcnow
 
 NAME = "paystack"
 CURRENCIES = frozenset({"NGN", "GHS", "ZAR", "KES", "USD", "XOF", "EGP", "RWF"})
 INTEGRATION_ID = 463_433
+# The integration's own login: Paystack names it in refunded_by and the default merchant_note.
+INTEGRATION_EMAIL = "merchant@payshift.test"
 
 API = GatewayApi(
     name=NAME,
@@ -30,7 +32,7 @@ API = GatewayApi(
     unauthorised_message="Invalid key",
 )
 
-# Paystack has no charge.failed event (gateways.md): only success produces a webhook.
+# Paystack has no charge.failed event: only success produces a webhook.
 CHECKOUT_ACTIONS = (("pay", "Pay successfully"), ("fail", "Fail"), ("abandon", "Abandon"))
 _ACTION_STATUS = {"pay": "success", "fail": "failed", "abandon": "abandoned"}
 
@@ -130,26 +132,78 @@ def transaction_data(checkout: Checkout, charge: Charge, amount: int | None = No
     }
 
 
-def _refund_data(refund: Refund, store: Store) -> dict[str, Any]:
-    checkout = store.checkouts[(NAME, refund.reference)]
+def _refund_common(refund: Refund) -> dict[str, Any]:
+    """Fields every refund answer shares (amounts int minor units)."""
+    deducted = refund.amount if refund.status == "processed" else 0
     return {
         "integration": INTEGRATION_ID,
         "domain": refund.mode,
-        "amount": refund.amount,
         "currency": refund.currency,
-        "deducted_amount": 0,
-        "fully_deducted": False,
-        "channel": None,
+        "amount": refund.amount,
         "status": refund.status,
-        "refunded_by": checkout.email,
-        "refunded_at": iso(refund.processed_at),
-        "expected_at": iso(refund.expected_at),
+        "deducted_amount": deducted,
+        "refunded_by": INTEGRATION_EMAIL,
         "customer_note": refund.customer_note,
         "merchant_note": refund.merchant_note,
-        "refund_reference": refund.refund_reference,
+        "expected_at": iso(refund.expected_at),
         "id": refund.id,
         "createdAt": iso(refund.created_at),
-        "updatedAt": iso(refund.processed_at or refund.created_at),
+        "updatedAt": iso(refund.updated_at or refund.created_at),
+    }
+
+
+def _refund_created(refund: Refund, checkout: Checkout, charge: Charge) -> dict[str, Any]:
+    """`data` of POST /refund: the OpenAPI RefundCreateResponse fields, shaped like Paystack's sample."""
+    return {
+        **_refund_common(refund),
+        "transaction": {
+            "id": charge.id,
+            "domain": charge.mode,
+            "reference": charge.reference,
+            "amount": charge.reported_amount,
+            "paid_at": iso(charge.paid_at),
+            "channel": "card",
+            "currency": charge.currency,
+            "authorization": {"exp_month": None, "exp_year": None, "account_name": None},
+            "customer": {"international_format_phone": None},
+            "plan": {},
+            "subaccount": {"currency": None},
+            "split": {},
+            "order_id": None,
+            "paidAt": iso(charge.paid_at),
+            "pos_transaction_data": None,
+            "source": None,
+            "fees_breakdown": None,
+        },
+        "channel": None,
+        "fully_deducted": False,  # a boolean here; fetch and list answer 0/1
+    }
+
+
+def _refund_record(refund: Refund, store: Store) -> dict[str, Any]:
+    """`data` of GET /refund/{id} and each row of GET /refund: the spec's required fields, plus
+    `refund_reference`, which the webhooks carry too."""
+    checkout = store.checkouts[(NAME, refund.reference)]
+    charge = store.charges.get((NAME, refund.charge_id))
+    transaction_amount = charge.reported_amount if charge else refund.amount
+    return {
+        **_refund_common(refund),
+        "transaction": refund.charge_id,
+        "dispute": None,
+        "settlement": None,
+        "refunded_at": iso(refund.processed_at) if refund.status == "processed" else None,
+        "fully_deducted": 1 if refund.status == "processed" else 0,
+        "bank_reference": None,
+        "transaction_reference": refund.reference,
+        "reason": refund.customer_note or "",
+        "customer": {**_customer(checkout), "metadata": None},
+        "refund_type": "full" if refund.amount >= transaction_amount else "partial",
+        "transaction_amount": transaction_amount,
+        "initiated_by": INTEGRATION_EMAIL,
+        "refund_channel": "card",
+        "session_id": None,
+        "collect_account_number": refund.status == "needs-attention",
+        "refund_reference": refund.refund_reference,
     }
 
 
@@ -169,20 +223,24 @@ def charge_success_webhook(runtime: Runtime, checkout: Checkout, charge: Charge)
     return webhooks.build_paystack(runtime, "charge.success", charge.reference, data)
 
 
-def _refund_processed_webhook(runtime: Runtime, refund: Refund, checkout: Checkout) -> webhooks.Webhook:
+def _refund_webhook(runtime: Runtime, refund: Refund, checkout: Checkout) -> webhooks.Webhook:
+    """refund.<status>, shaped like Paystack's samples: the amount a string, refund_reference null until
+    processed, and only needs-attention carrying the refund's id and notes."""
     first, _, last = (checkout.customer.name or "").partition(" ")
-    data = {
+    data: dict[str, Any] = {
         "status": refund.status,
         "transaction_reference": refund.reference,
         "refund_reference": refund.refund_reference,
-        "amount": str(refund.amount),  # Paystack sends refund amounts as strings
+        "amount": str(refund.amount),
         "currency": refund.currency,
         "processor": "mpgs_zen",
         "customer": {"first_name": first or None, "last_name": last or None, "email": checkout.email},
         "integration": INTEGRATION_ID,
         "domain": refund.mode,
     }
-    return webhooks.build_paystack(runtime, "refund.processed", refund.reference, data)
+    if refund.status == "needs-attention":
+        data.update(id=str(refund.id), customer_note=refund.customer_note, merchant_note=refund.merchant_note)
+    return webhooks.build_paystack(runtime, f"refund.{refund.status}", refund.reference, data)
 
 
 # ---- API handlers -------------------------------------------------------------------------------
@@ -259,9 +317,10 @@ def _find_charge(store: Store, transaction: Any) -> tuple[Checkout, Charge] | No
         charge = store.latest_charge(checkout) if checkout else None
         if checkout and charge:
             return checkout, charge
-        if not transaction.isdigit():
+        as_id = ascii_int(transaction)
+        if as_id is None:
             return None
-        transaction = int(transaction)
+        transaction = as_id
     if isinstance(transaction, int) and not isinstance(transaction, bool):
         found = store.charges.get((NAME, transaction))
         if found is not None:
@@ -301,80 +360,150 @@ async def refund_create(request: Request, call: ApiCall) -> tuple[int, dict[str,
         amount = charge.refundable if amount is None else amount
         if amount > charge.refundable:
             raise ApiError(400, "Refund amount cannot be greater than the unrefunded transaction amount")
-        refund = store.add_refund(
-            charge,
-            amount,
-            "pending",
-            customer_note=body.get("customer_note"),
-            merchant_note=body.get("merchant_note"),
-        )
-        refund.expected_at = refund.created_at + timedelta(milliseconds=runtime.config.refund_delay_ms)
-        data = _refund_data(refund, store)
-        data["transaction"] = {
-            "id": charge.id,
-            "domain": charge.mode,
-            "reference": charge.reference,
-            "amount": charge.reported_amount,
-            "paid_at": iso(charge.paid_at),
-            "channel": "card",
-            "currency": charge.currency,
-            "authorization": _authorization(charge),
-            "customer": _customer(checkout),
-            "plan": {},
-            "subaccount": {"currency": None},
-            "split": {},
-            "order_id": None,
-            "paidAt": iso(charge.paid_at),
-            "pos_transaction_data": None,
-            "source": None,
-            "fees_breakdown": None,
-        }
-    runtime.spawn(_process_refund_later(runtime, refund.id))
+        try:
+            refund = store.add_refund(
+                charge,
+                amount,
+                "pending",
+                # Paystack's defaults when no notes are given (its create sample).
+                customer_note=body.get("customer_note") or f"Refund for transaction {charge.reference}",
+                merchant_note=body.get("merchant_note")
+                or f"Refund for transaction {charge.reference} by {INTEGRATION_EMAIL}",
+                outcome=runtime.faults.refund_outcome,
+            )
+        except StoreFullError as exc:
+            raise ApiError(503, f"Refunds are busy, try again later ({exc})") from None
+        steps = 1 if refund.outcome == "needs-attention" else 2
+        refund.expected_at = refund.created_at + timedelta(milliseconds=steps * runtime.config.refund_delay_ms)
+        data = _refund_created(refund, checkout, charge)
+        webhook = _refund_webhook(runtime, refund, checkout)
+    runtime.send_webhooks([webhook])
+    if runtime.config.refund_auto_advance:
+        runtime.spawn(_refund_lifecycle(runtime, refund.id))
     return 200, {"status": True, "message": "Refund has been queued for processing", "data": data}
 
 
+def _refund_by_path(store: Store, raw_id: str) -> Refund:
+    refund_id = ascii_int(raw_id)
+    refund = store.refunds.get((NAME, refund_id)) if refund_id is not None else None
+    if refund is None:
+        raise ApiError(404, "Refund not found")
+    return refund
+
+
 async def refund_fetch(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
-    raw_id = request.path_params["refund_id"]
     store = call.runtime.store
     with store.lock:
-        refund = store.refunds.get((NAME, int(raw_id))) if raw_id.isdigit() else None
-        if refund is None:
-            raise ApiError(404, "Refund not found")
-        data = _refund_data(refund, store)
-        # Fetch answers the transaction as a bare id (the create answer nests an object).
-        data["transaction"] = refund.charge_id
-        data["dispute"] = None
-        data["settlement"] = None
+        data = _refund_record(_refund_by_path(store, request.path_params["refund_id"]), store)
     return 200, {"status": True, "message": "Refund retrieved", "data": data}
 
 
-async def _process_refund_later(runtime: Runtime, refund_id: int) -> None:
-    await asyncio.sleep(runtime.config.refund_delay_ms / 1000)
-    store = runtime.store
+def _query_int(request: Request, name: str, default: int, limit: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    value = ascii_int(raw, max_digits=7)
+    if value is None or not 1 <= value <= limit:
+        raise ApiError(400, f"Invalid {name}")
+    return value
+
+
+def _query_time(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"Invalid {name} date") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def refund_list(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    """GET /refund: newest first, `perPage`/`page`/`from`/`to` as the OpenAPI spec has them, plus
+    `transaction` (id or reference) and `currency`, the filters Paystack's docs add."""
+    per_page = _query_int(request, "perPage", 50, 1000)
+    page = _query_int(request, "page", 1, 10**6)
+    since, until = _query_time(request, "from"), _query_time(request, "to")
+    transaction = request.query_params.get("transaction")
+    currency = (request.query_params.get("currency") or "").upper()
+    store = call.runtime.store
     with store.lock:
-        refund = store.refunds.get((NAME, refund_id))
-        if refund is None or refund.status != "pending":
-            return
-        refund.status = "processed"
-        refund.processed_at = utcnow()
-        refund.refund_reference = f"{secrets.randbelow(10**12):012d}"
-        charge = store.charges[(NAME, refund.charge_id)]
-        checkout = store.checkouts[(NAME, refund.reference)]
-        still_pending = any(
-            r.status == "pending" and r.charge_id == charge.id and r.gateway == NAME
-            for r in store.refunds.values()
+        rows = [
+            r
+            for r in reversed(store.refunds.values())
+            if r.gateway == NAME
+            and (not transaction or transaction in (str(r.charge_id), r.reference))
+            and (not currency or r.currency == currency)
+            and (since is None or r.created_at >= since)
+            and (until is None or r.created_at <= until)
+        ]
+        skipped = (page - 1) * per_page
+        data = [_refund_record(r, store) for r in rows[skipped : skipped + per_page]]
+    meta = {
+        "total": len(rows),
+        "skipped": skipped,
+        "perPage": str(per_page),  # a string in Paystack's spec
+        "page": page,
+        "pageCount": max(1, -(-len(rows) // per_page)),
+        "failedRefundCount": sum(1 for r in rows if r.status == "failed"),
+    }
+    return 200, {"status": True, "message": "Refunds retrieved", "data": data, "meta": meta}
+
+
+# pending -> processing -> the planned ending; needs-attention waits for a nudge, then is processed.
+_NEXT_STATUS = {"pending": "processing", "needs-attention": "processed"}
+_ENDINGS = {"": "processed", "failed": "failed", "needs-attention": "needs-attention"}
+ADVANCE_TARGETS = ("processing", "processed", "failed", "needs-attention")
+
+
+def refund_advance(runtime: Runtime, refund: Refund, target: str | None = None) -> None:
+    """Move a refund one step (or to `target`) and send that status's webhook. ValueError = not allowed.
+
+    The caller holds store.lock; the webhook goes out after it returns.
+    """
+    if refund.final:
+        raise ValueError(f"refund {refund.id} is already {refund.status}")
+    status = target or _NEXT_STATUS.get(refund.status) or _ENDINGS[refund.outcome]
+    if status not in ADVANCE_TARGETS or status == refund.status:
+        raise ValueError(f"a {refund.status} Paystack refund cannot move to {status!r}")
+    store = runtime.store
+    now = utcnow()
+    refund.status = status
+    refund.updated_at = now
+    charge = store.charges[(NAME, refund.charge_id)]
+    checkout = store.checkouts[(NAME, refund.reference)]
+    if status in ("processed", "failed"):
+        refund.processed_at = now
+        refund.refund_reference = refund.refund_reference or (
+            f"{secrets.randbelow(10**12):012d}" if status == "processed" else f"TRF_{secrets.token_hex(8)}"
         )
-        # A fully refunded Paystack transaction verifies as "reversed" from then on.
-        if charge.refundable == 0 and not still_pending:
-            store.set_charge_status(checkout, charge, "reversed")
-        webhook = _refund_processed_webhook(runtime, refund, checkout)
-    runtime.send_webhooks([webhook])
+    if status == "failed":
+        charge.refunded -= refund.amount  # the money stays with the merchant: refundable again
+    still_open = any(not r.final for r in store.refunds_of(charge))
+    # A fully refunded Paystack transaction verifies as "reversed" from then on.
+    if status == "processed" and charge.refundable == 0 and not still_open:
+        store.set_charge_status(checkout, charge, "reversed")
+    runtime.send_webhooks([_refund_webhook(runtime, refund, checkout)])
+
+
+async def _refund_lifecycle(runtime: Runtime, refund_id: int) -> None:
+    store = runtime.store
+    while True:
+        await asyncio.sleep(runtime.config.refund_delay_ms / 1000)
+        with store.lock:
+            refund = store.refunds.get((NAME, refund_id))
+            # Forgotten, finished, waiting for a person, or already nudged past this step by the control API.
+            if refund is None or refund.final or refund.status == "needs-attention":
+                return
+            refund_advance(runtime, refund)
 
 
 ROUTES: list[Route] = [
     API.route("/paystack/transaction/initialize", initialize, ["POST"]),
     API.route("/paystack/transaction/verify/{reference}", verify, ["GET"]),
     API.route("/paystack/refund", refund_create, ["POST"]),
+    API.route("/paystack/refund", refund_list, ["GET"]),
     API.route("/paystack/refund/{refund_id}", refund_fetch, ["GET"]),
 ]
 

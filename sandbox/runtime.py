@@ -26,7 +26,7 @@ class Runtime:
         self, config: SandboxConfig, webhook_transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.config = config
-        self.store = Store(config.max_deliveries)
+        self.store = Store(config.max_deliveries, config.max_refunds)
         self.faults: Faults = config.faults
         self.rng = random.Random(config.seed)
         self._transport = webhook_transport

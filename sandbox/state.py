@@ -16,6 +16,13 @@ GATEWAYS = ("paystack", "flutterwave")
 # to its own words (Flutterwave says "successful", Paystack "success").
 STATUSES = ("success", "failed", "abandoned", "pending", "reversed")
 
+# Refund states after which nothing changes (each gateway's own words): only these may be forgotten.
+FINAL_REFUND_STATUSES = frozenset({"processed", "failed", "completed"})
+
+
+class StoreFullError(Exception):
+    """Every refund the store may hold is still moving: a new one would grow memory without bound."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -95,10 +102,16 @@ class Refund:
     created_at: datetime
     customer_note: str | None = None
     merchant_note: str | None = None
-    refund_reference: str | None = None  # Paystack fills it only once processed
-    processed_at: datetime | None = None
+    refund_reference: str | None = None  # Paystack fills it only once processed (or failed)
+    processed_at: datetime | None = None  # when it reached its final state
     expected_at: datetime | None = None
     flw_ref: str = ""
+    outcome: str = ""  # the planned ending, from the refund_outcome fault: "", "failed", "needs-attention"
+    updated_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_REFUND_STATUSES
 
 
 @dataclass
@@ -170,9 +183,10 @@ class Delivery:
 class Store:
     """All sandbox state. Callers hold `lock` around any read-modify-write; nothing here awaits."""
 
-    def __init__(self, max_deliveries: int = 10_000) -> None:
+    def __init__(self, max_deliveries: int = 10_000, max_refunds: int = 10_000) -> None:
         self.lock = threading.Lock()
         self._max_deliveries = max_deliveries
+        self._max_refunds = max_refunds
         self.reset()
 
     def reset(self) -> None:
@@ -187,6 +201,7 @@ class Store:
         self.checkouts: dict[tuple[str, str], Checkout] = {}
         self.checkouts_by_code: dict[str, Checkout] = {}
         self.charges: dict[tuple[str, int], Charge] = {}
+        # Insertion-ordered, so the oldest refunds are found first when the cap is reached.
         self.refunds: dict[tuple[str, int], Refund] = {}
         self.customers: dict[str, Customer] = {}
         self.deliveries: deque[Delivery] = deque(maxlen=self._max_deliveries)
@@ -282,9 +297,17 @@ class Store:
         charge: Charge,
         amount: int,
         status: str,
+        *,
         customer_note: str | None = None,
         merchant_note: str | None = None,
+        outcome: str = "",
     ) -> Refund:
+        """Record a refund; past `max_refunds` the oldest finished one is forgotten (StoreFullError if none)."""
+        if len(self.refunds) >= self._max_refunds:
+            oldest = next((key for key, old in self.refunds.items() if old.final), None)
+            if oldest is None:
+                raise StoreFullError(f"{len(self.refunds)} refunds are still in progress")
+            del self.refunds[oldest]
         refund = Refund(
             gateway=charge.gateway,
             id=next(self._refund_ids),
@@ -298,10 +321,15 @@ class Store:
             customer_note=customer_note,
             merchant_note=merchant_note,
             flw_ref=f"URF_{secrets.token_hex(8)}" if charge.gateway == "flutterwave" else "",
+            outcome=outcome,
         )
+        refund.updated_at = refund.created_at
         charge.refunded += amount
         self.refunds[(charge.gateway, refund.id)] = refund
         return refund
+
+    def refunds_of(self, charge: Charge) -> list[Refund]:
+        return [r for r in self.refunds.values() if r.gateway == charge.gateway and r.charge_id == charge.id]
 
     def record_delivery(self, **fields: Any) -> Delivery:
         delivery = Delivery(id=next(self._delivery_ids), at=utcnow(), **fields)

@@ -45,11 +45,15 @@ def build_paystack(runtime: Runtime, event: str, reference: str, data: dict[str,
 
 
 def build_flutterwave(
-    runtime: Runtime, event: str, reference: str, data: dict[str, Any], event_type: str
+    runtime: Runtime, event: str, reference: str, data: dict[str, Any], event_type: str | None
 ) -> Webhook:
     # v3 sends the dashboard's secret hash verbatim: it is not a signature of the body.
-    # Real payloads also carry a top-level "event.type" (e.g. CARD_TRANSACTION).
-    body = dumps({"event": event, "data": data, "event.type": event_type})
+    # Charge payloads also carry a top-level "event.type" (e.g. CARD_TRANSACTION); refund samples
+    # show none, so None leaves it out.
+    envelope: dict[str, Any] = {"event": event, "data": data}
+    if event_type is not None:
+        envelope["event.type"] = event_type
+    body = dumps(envelope)
     headers = {"content-type": "application/json", "verif-hash": runtime.config.flutterwave_webhook_hash}
     return Webhook("flutterwave", runtime.config.webhook_url("flutterwave"), event, reference, body, headers)
 

@@ -85,9 +85,11 @@ class ParsedEvent:
     amount: int | None = None
     currency: str = ""
     mode: str = ""
+    # Refund events: the gateway's refund REFERENCE ("" while the gateway has none yet) and its refund id,
+    # two different identifiers that a refund may carry; `status` is then a RefundStatus value.
     refund_reference: str = ""
-    refund_id: str = ""
     outcome: str = ""  # what the body claims, as an OUTCOME_* value ("" when it claims nothing)
+    refund_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,12 @@ class CheckoutSession:
 
 @dataclass(frozen=True)
 class RefundResult:
+    """One refund as the gateway's API reports it."""
+
     gateway_refund_id: str
     status: str  # models.RefundStatus value
-    amount: int | None = None
-    refund_reference: str = ""
+    amount: int | None = None  # minor units; None when the answer does not say
+    refund_reference: str = ""  # the gateway's own reference for the refund, distinct from its id
     currency: str = ""
 
 
@@ -274,7 +278,11 @@ class Gateway(ABC):
         return None
 
     def refunds_for_transaction(self, *, reference: str, gateway_transaction_id: str) -> list[RefundResult] | None:
-        """Every refund the gateway holds for one charge; None where the gateway cannot list them."""
+        """Every refund the gateway holds for one charge (None = no such endpoint).
+
+        For settling a refund whose POST outcome was unknown, when we may not know its id. The list is
+        complete or the call raises: a partial list could read as "never refunded" and invite a second POST.
+        """
         return None
 
     def key_mode(self) -> str:

@@ -463,3 +463,95 @@ def test_refund_email_states_the_amount_of_that_refund(client: Client, django_ca
     refund_mails = [m for m in mail.outbox if m.subject.startswith("Refund issued")]
     assert len(refund_mails) == 1
     assert "1500.00 NGN" in refund_mails[0].body and "5000.00" not in refund_mails[0].body
+
+
+@respx.mock
+def test_overlong_webhook_reference_never_matches_the_payment_it_starts_with(client: Client,
+                                                                              django_capture_on_commit_callbacks: Any):
+    """A 101-character reference once became the 100-character reference of another payment, by cutting."""
+    ours = "A" * 100
+    payment = make_payment(ours)
+    verify = respx.get(url__regex=rf"{PAYSTACK_API}/transaction/verify/.*").mock(return_value=httpx.Response(
+        200, content=json_dumps(paystack_verify_answer(ours))))
+    body = gateway_get("paystack").build_test_webhook(
+        event="charge.success", reference=ours + "B", transaction_id="1001", status="success", amount=500000,
+        currency="NGN", mode="test", email="ada@example.com")
+    event = deliver_and_process(client, body, django_capture_on_commit_callbacks)
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PENDING and event.reference != ours
+    assert event.status == EventStatus.UNMATCHED and not verify.called
+
+
+# --- 7. Flutterwave refunds reach a final state ------------------------------------------------------------
+def _flw_refund(status: str, *, refund_id: int = 75923, tx_id: int = 908790, amount: float = 6900) -> dict[str, Any]:
+    return {"id": refund_id, "account_id": 73362, "tx_id": tx_id, "flw_ref": f"URF_{refund_id}", "wallet_id": 74639,
+            "amount_refunded": amount, "status": status, "destination": "payment_source",
+            "meta": {"source": "availablebalance"}, "created_at": "2026-11-24T09:18:37.366Z"}
+
+
+def _flw_routes(status_after: str) -> None:
+    from .conftest import FLW_API, flutterwave_verify_answer
+
+    respx.post(f"{FLW_API}/transactions/908790/refund").mock(return_value=httpx.Response(200, content=json_dumps(
+        {"status": "success", "message": "Transaction refund initiated", "data": _flw_refund("pending")})))
+    respx.get(f"{FLW_API}/refunds/75923").mock(return_value=httpx.Response(200, content=json_dumps(
+        {"status": "success", "message": "Refund fetched", "data": _flw_refund(status_after)})))
+    respx.get(f"{FLW_API}/transactions/908790/verify").mock(return_value=httpx.Response(200, content=json_dumps(
+        flutterwave_verify_answer("RS-FLW", amount=15000, tx_id=908790))))
+
+
+@respx.mock
+@pytest.mark.parametrize(("gateway_status", "final"), [("completed", RefundStatus.PROCESSED),
+                                                       ("failed", RefundStatus.FAILED)])
+def test_flutterwave_refund_is_polled_to_a_final_state(gateway_status: str, final: str, settings: Any,
+                                                       django_capture_on_commit_callbacks: Any):
+    payment = paid("RS-FLW", gateway="flutterwave", gateway_transaction_id="908790", amount=1500000,
+                   amount_paid=1500000)
+    _flw_routes(gateway_status)
+    refund = requested(payment, 690000)
+    assert services.refund_submit(refund.pk) == RefundStatus.PROCESSING
+    Refund.objects.filter(pk=refund.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.pending_payments_check(time_budget_seconds=5)
+    refund.refresh_from_db()
+    payment.refresh_from_db()
+    assert (refund.status, refund.gateway_refund_id) == (final, "75923")
+    assert payment.amount_refunded == (690000 if final == RefundStatus.PROCESSED else 0)
+
+
+@respx.mock
+def test_flutterwave_refund_webhook_closes_its_refund_once(client: Client, django_capture_on_commit_callbacks: Any):
+    payment = paid("RS-FLW", gateway="flutterwave", gateway_transaction_id="908790", amount=1500000,
+                   amount_paid=1500000)
+    _flw_routes("completed")
+    refund = requested(payment, 690000)
+    services.refund_submit(refund.pk)
+    body = {"event": "refund.completed", "data": _flw_refund("completed")}
+    for _ in range(2):  # Flutterwave says duplicates happen
+        response = signed_post(client, "flutterwave", body)
+        assert response.status_code == 200
+    event = WebhookEvent.objects.get(kind="refund")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.webhook_event_process(event.pk, via="test")
+    refund.refresh_from_db()
+    payment.refresh_from_db()
+    assert refund.status == RefundStatus.PROCESSED and refund.event_id == event.pk
+    assert (payment.status, payment.amount_refunded) == (PaymentStatus.PARTIALLY_REFUNDED, 690000)
+
+
+@respx.mock
+def test_forged_flutterwave_refund_webhook_is_decided_by_the_refund_api(client: Client,
+                                                                        django_capture_on_commit_callbacks: Any):
+    """verif-hash proves nothing about the body: a 'completed' body for a refund the API says failed books nothing."""
+    payment = paid("RS-FLW", gateway="flutterwave", gateway_transaction_id="908790", amount=1500000,
+                   amount_paid=1500000)
+    _flw_routes("failed")
+    refund = requested(payment, 690000)
+    services.refund_submit(refund.pk)
+    signed_post(client, "flutterwave", {"event": "refund.completed", "data": _flw_refund("completed")})
+    event = WebhookEvent.objects.get(kind="refund")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.webhook_event_process(event.pk, via="test")
+    refund.refresh_from_db()
+    payment.refresh_from_db()
+    assert refund.status == RefundStatus.FAILED and payment.amount_refunded == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -10,13 +11,23 @@ import pytest
 from starlette.testclient import TestClient
 
 from sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
-from sandbox.tests.conftest import FLUTTERWAVE_KEY, FW, Receiver, flutterwave_init, is_int, is_number, seed
+from sandbox.tests.conftest import (
+    FLUTTERWAVE_KEY,
+    FW,
+    Receiver,
+    fast_config,
+    flutterwave_init,
+    is_int,
+    is_number,
+    seed,
+    wait_until,
+)
 
 NOT_FOUND = {"status": "error", "message": "No transaction was found for this id", "data": None}
 
 
 def assert_verify_shape(data: dict[str, Any]) -> None:
-    """The verify `data` fields gateways.md lists, with their types."""
+    """The verify `data` fields Flutterwave documents, with their types."""
     assert is_int(data["id"])
     for key in (
         "tx_ref",
@@ -172,6 +183,8 @@ ENDPOINTS = [
     ("GET", "/flutterwave/v3/transactions/1/verify"),
     ("GET", "/flutterwave/v3/transactions/verify_by_reference?tx_ref=x"),
     ("POST", "/flutterwave/v3/transactions/1/refund"),
+    ("GET", "/flutterwave/v3/refunds"),
+    ("GET", "/flutterwave/v3/refunds/1"),
 ]
 
 
@@ -277,3 +290,114 @@ def test_verify_by_reference_prefers_the_successful_attempt(client: TestClient) 
     assert by_ref["data"]["id"] == first["id"]
     old = client.get(f"/flutterwave/v3/transactions/{second['id']}/verify", headers=FW).json()
     assert old["data"]["status"] == "failed"
+
+
+REFUND_OBJECT = {
+    "id", "account_id", "tx_id", "flw_ref", "wallet_id", "amount_refunded", "status", "destination", "meta",
+    "created_at",
+}
+LIST_ROW = {"id", "amount_refunded", "status", "flw_ref", "comment", "settlement_id", "meta", "created_at",
+            "account_id", "transaction_id"}
+
+
+def test_refund_completes_later_with_a_verif_hash_webhook(client: TestClient, receiver: Receiver) -> None:
+    txn = seed(client, gateway="flutterwave", reference="RL-1", amount=100000, status="success")
+    created = client.post(
+        f"/flutterwave/v3/transactions/{txn['id']}/refund", headers=FW, json={"amount": 250.25, "comments": "c"}
+    ).json()["data"]
+    assert created["status"] == "processing"  # transient, until completed or failed
+    (hook,) = receiver.wait_for(1)
+    assert hook.headers["verif-hash"] == DEMO_FLUTTERWAVE_WEBHOOK_HASH
+    assert hook.url == "http://payshift.test/payment/webhooks/flutterwave/"
+    payload = json.loads(hook.body)
+    assert set(payload) == {"event", "data"}
+    assert payload["event"] == "refund.completed"
+    data = payload["data"]
+    assert set(data) >= REFUND_OBJECT
+    assert (data["id"], data["tx_id"], data["status"]) == (created["id"], txn["id"], "completed")
+    assert data["amount_refunded"] == 250.25 and b'"amount_refunded":250.25,' in hook.body
+    assert "currency" not in data and "tx_ref" not in data  # the documented refund object has neither
+
+    fetched = client.get(f"/flutterwave/v3/refunds/{created['id']}", headers=FW)
+    assert fetched.status_code == 200
+    body = fetched.json()
+    assert body["status"] == "success" and isinstance(body["message"], str)
+    assert set(body["data"]) >= REFUND_OBJECT
+    assert body["data"]["status"] == "completed" and body["data"]["flw_ref"] == created["flw_ref"]
+    assert is_number(body["data"]["amount_refunded"])
+
+
+def test_refund_fetch_unknown_is_the_error_envelope(client: TestClient) -> None:
+    for path in ("/flutterwave/v3/refunds/424242", "/flutterwave/v3/refunds/abc"):
+        response = client.get(path, headers=FW)
+        assert response.status_code == 404
+        assert response.json()["status"] == "error" and response.json()["data"] is None
+
+
+def test_refund_list_rows_pages_and_filters(client: TestClient) -> None:
+    one = seed(client, gateway="flutterwave", reference="RL-2", amount=100000, status="success")
+    two = seed(client, gateway="flutterwave", reference="RL-3", amount=100000, currency="GHS", status="success")
+    for txn, count in ((one, 21), (two, 1)):
+        for _ in range(count):
+            response = client.post(f"/flutterwave/v3/transactions/{txn['id']}/refund", headers=FW, json={"amount": 1})
+            assert response.status_code == 200
+    first = client.get("/flutterwave/v3/refunds", headers=FW).json()
+    assert first["status"] == "success"
+    assert first["meta"]["page_info"] == {"total": 22, "current_page": 1, "total_pages": 2, "page_size": 20}
+    assert len(first["data"]) == 20
+    assert set(first["data"][0]) >= LIST_ROW
+    assert first["data"][0]["transaction_id"] == two["id"]  # newest first
+    second = client.get("/flutterwave/v3/refunds", headers=FW, params={"page": 2}).json()
+    assert len(second["data"]) == 2
+    ghs = client.get("/flutterwave/v3/refunds", headers=FW, params={"currency": "ghs"}).json()
+    assert [r["transaction_id"] for r in ghs["data"]] == [two["id"]]
+    today = client.get("/_sandbox/transactions/flutterwave/RL-2").json()["created_at"][:10]
+    assert client.get("/flutterwave/v3/refunds", headers=FW, params={"from": today}).json()["meta"][
+        "page_info"]["total"] == 22
+    assert client.get("/flutterwave/v3/refunds", headers=FW, params={"to": "2000-01-01"}).json()["data"] == []
+    for bad in ({"page": "0"}, {"from": "soon"}):
+        assert client.get("/flutterwave/v3/refunds", headers=FW, params=bad).status_code == 400
+
+
+def test_refund_fault_fails_it_without_a_webhook(client: TestClient, receiver: Receiver) -> None:
+    txn = seed(client, gateway="flutterwave", reference="RL-4", amount=1000, status="success")
+    client.post("/_sandbox/faults", json={"refund_outcome": "failed"})
+    created = client.post(f"/flutterwave/v3/transactions/{txn['id']}/refund", headers=FW).json()["data"]
+    wait_until(
+        lambda: client.get(f"/flutterwave/v3/refunds/{created['id']}", headers=FW).json()["data"]["status"]
+        == "failed"
+    )
+    time.sleep(0.1)
+    assert receiver.requests == []
+    assert client.get("/_sandbox/transactions/flutterwave/RL-4").json()["refunded_amount"] == 0  # refundable again
+
+
+def test_refund_nudged_to_completed_or_failed(make_client: Any, receiver: Receiver) -> None:
+    client = make_client(fast_config(refund_auto_advance=False))
+    txn = seed(client, gateway="flutterwave", reference="RL-5", amount=1000, status="success")
+    ids = [
+        client.post(f"/flutterwave/v3/transactions/{txn['id']}/refund", headers=FW, json={"amount": 1}).json()[
+            "data"]["id"]
+        for _ in range(2)
+    ]
+    assert client.post(f"/_sandbox/refunds/flutterwave/{ids[0]}/advance").json()["status"] == "completed"
+    failed = client.post(f"/_sandbox/refunds/flutterwave/{ids[1]}/advance", json={"status": "failed"})
+    assert failed.json()["status"] == "failed"
+    (hook,) = receiver.wait_for(1)
+    assert json.loads(hook.body)["data"]["id"] == ids[0]
+    assert client.post(f"/_sandbox/refunds/flutterwave/{ids[1]}/advance").status_code == 409
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/flutterwave/v3/refunds/%C2%B2",  # "²" passes str.isdigit() but not int()
+        "/flutterwave/v3/transactions/%C2%B2/verify",
+        "/flutterwave/v3/refunds?page=%C2%B2",
+        "/flutterwave/v3/refunds?page=" + "9" * 5000,
+    ],
+)
+def test_odd_digits_are_4xx_not_500(client: TestClient, path: str) -> None:
+    response = client.get(path, headers=FW)
+    assert 400 <= response.status_code < 500
+    assert response.json()["status"] == "error"

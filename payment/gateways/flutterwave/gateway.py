@@ -1,11 +1,13 @@
-"""Flutterwave webhook authentication, event parsing, and API client (verify, payments, refund)."""
+"""Flutterwave webhook authentication, event parsing, and API client (verify, payments, refunds)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Mapping
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -21,14 +23,42 @@ SIGNATURE_HEADER = "flutterwave-signature"
 
 _OUTCOMES = {
     "successful": base.OUTCOME_SUCCESS,
-    "succeeded": base.OUTCOME_SUCCESS,  # v4 wording (UNVERIFIED in gateways.md)
+    "succeeded": base.OUTCOME_SUCCESS,  # v4 wording (unverified)
     "failed": base.OUTCOME_FAILED,
     "cancelled": base.OUTCOME_ABANDONED,
 }
 
-_REFUND_STATUSES = {"completed": "processed", "successful": "processed", "failed": "failed"}
+# Flutterwave's refund words: "completed" plus per-channel variants ("completed-mpgs", "completed-momo",
+# ...), "complete", "successful", v4's "succeeded"; non-final ones such as "processing" or "pending-momo"
+# and anything unknown stay "processing" (docs/adding-a-gateway.md, "Refunds at the gateway edge").
+_REFUND_DONE = frozenset({"completed", "complete", "successful", "succeeded"})
 
-_CHARGE_EVENTS = frozenset({"charge.completed"})
+# Dedupe keys longer than this are hashed whole (the column holds 255).
+_KEY_LIMIT = 200
+_UNBOUNDED = 1 << 30
+# GET /refunds paging: how many pages we read before giving up rather than return a list that may be
+# missing a refund.
+_LIST_MAX_PAGES = 20
+
+
+def _refund_status(raw: object) -> str:
+    word = base.as_str(raw, 32).lower()
+    if word in _REFUND_DONE or word.startswith("completed-"):
+        return "processed"
+    return "failed" if word == "failed" else "processing"
+
+
+def _key(*parts: object) -> str:
+    """A dedupe key from whole identifiers: cut ones would let two long ids share a key."""
+    key = ":".join(base.as_str(part, _UNBOUNDED) for part in parts)
+    if len(key) <= _KEY_LIMIT:
+        return key
+    return f"{base.as_str(parts[0])}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _refund_charge_id(data: Mapping[str, Any]) -> object:
+    # The refund object says tx_id; the list rows say transaction_id; v4 says charge_id.
+    return next((data[k] for k in ("tx_id", "transaction_id", "charge_id") if data.get(k) is not None), None)
 
 
 def _amount(value: object, currency: str, where: str) -> int | None:
@@ -43,6 +73,64 @@ def _amount(value: object, currency: str, where: str) -> int | None:
 def _is_test_key(key: str) -> bool:
     # Flutterwave test keys read FLWSECK_TEST-... / FLWPUBK_TEST-...; live keys have no _TEST part.
     return "_TEST" in key.upper()
+
+
+def _charge_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
+    reference = base.as_id(data.get("tx_ref")) or base.as_id(data.get("reference"))
+    if not reference:
+        raise base.InvalidPayloadError("charge.completed without data.tx_ref")
+    currency = base.as_str(data.get("currency"), 3).upper()
+    amount = _amount(data.get("amount"), currency or "NGN", "data.amount")
+    transaction_id = base.as_id(data.get("id"), 64)
+    status = base.as_str(data.get("status"), 32)
+    return base.ParsedEvent(
+        gateway="flutterwave",
+        event=name,
+        kind="charge",
+        # Every attempt (failed ones too) has its own transaction id, so failed-then-successful
+        # attempts on one tx_ref are distinct events; a resend of one attempt is a duplicate.
+        dedupe_key=f"{name}:{reference}:{transaction_id}:{status}",
+        reference=reference,
+        gateway_transaction_id=transaction_id,
+        status=status,
+        amount=amount,
+        currency=currency,
+        outcome=_OUTCOMES.get(status, base.OUTCOME_PENDING),
+    )
+
+
+def _refund_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
+    # The refund object: id, tx_id, flw_ref, amount_refunded (major units), status, created_at; no
+    # tx_ref and no currency (payment/tests/payloads/flutterwave/, docs/adding-a-gateway.md).
+    refund_id = base.as_id(data.get("id"), 64)
+    charge_id = _refund_charge_id(data)
+    if not refund_id and not base.as_str(charge_id):
+        raise base.InvalidPayloadError(f"{name} without data.id or data.tx_id")
+    currency = base.as_str(data.get("currency"), 3).upper()
+    # Minor units need the currency's exponent: without one the amount is left unknown, not guessed.
+    amount = _amount(data.get("amount_refunded"), currency, "data.amount_refunded") if currency else None
+    status = base.as_str(data.get("status"), 32)
+    return base.ParsedEvent(
+        gateway="flutterwave",
+        event=name,
+        kind="refund",
+        # Each refund has its own id, so two refunds of one amount on one charge are two events.
+        dedupe_key=_key(name, data.get("id"), charge_id, data.get("status")),
+        reference=base.as_id(data.get("tx_ref")),
+        gateway_transaction_id=base.as_id(charge_id, 64),
+        status=_refund_status(status),
+        amount=amount,
+        currency=currency,
+        refund_reference=base.as_id(data.get("flw_ref"), 64),
+        refund_id=refund_id,
+    )
+
+# Dispatch table: event name -> parser. Anything else is authentic but ignored.
+_PARSERS = {
+    "charge.completed": _charge_event,
+    "refund.completed": _refund_event,
+    "refund.failed": _refund_event,
+}
 
 
 @register
@@ -85,7 +173,7 @@ class FlutterwaveGateway(base.Gateway):
             if verbatim:
                 ok = hmac.compare_digest(secret_bytes, verbatim.encode("utf-8", "replace")) or ok
             if signature:
-                # Two reported meanings (gateways.md, UNVERIFIED): the hash verbatim, or base64 of
+                # Two reported meanings (unverified): the hash verbatim, or base64 of
                 # HMAC-SHA256(raw body) keyed with it. Accept either.
                 given = signature.strip().encode("utf-8", "replace")
                 mac = base64.b64encode(hmac.new(secret_bytes, body, hashlib.sha256).digest())
@@ -96,29 +184,10 @@ class FlutterwaveGateway(base.Gateway):
     def parse_event(self, body: bytes) -> base.ParsedEvent:
         # v3: {"event", "data"}; v4: {"id": "wbk_...", "type", "data"} (UNVERIFIED shape).
         name, data = base.envelope(body, name_keys=("event", "type"))
-        if name not in _CHARGE_EVENTS:
+        parser = _PARSERS.get(name)
+        if parser is None:
             return base.ignored_event(self.name, name, body, data.get("tx_ref"))
-        reference = base.as_str(data.get("tx_ref")) or base.as_str(data.get("reference"))
-        if not reference:
-            raise base.InvalidPayloadError("charge.completed without data.tx_ref")
-        currency = base.as_str(data.get("currency"), 3).upper()
-        amount = _amount(data.get("amount"), currency or "NGN", "data.amount")
-        transaction_id = base.as_str(data.get("id"), 64)
-        status = base.as_str(data.get("status"), 32)
-        return base.ParsedEvent(
-            gateway=self.name,
-            event=name,
-            kind="charge",
-            # Every attempt (failed ones too) has its own transaction id, so failed-then-successful
-            # attempts on one tx_ref are distinct events; a resend of one attempt is a duplicate.
-            dedupe_key=f"{name}:{reference}:{transaction_id}:{status}",
-            reference=reference,
-            gateway_transaction_id=transaction_id,
-            status=status,
-            amount=amount,
-            currency=currency,
-            outcome=_OUTCOMES.get(status, base.OUTCOME_PENDING),
-        )
+        return parser(name, data)
 
     def sign_webhook(self, body: bytes) -> dict[str, str]:
         secrets = self.webhook_secrets()
@@ -177,8 +246,8 @@ class FlutterwaveGateway(base.Gateway):
             raise base.PermanentGatewayError(f"flutterwave verify: data.amount: {exc}") from exc
         raw_status = base.as_str(data.get("status"), 32)
         return base.Verification(
-            reference=base.as_str(data.get("tx_ref")),
-            gateway_transaction_id=base.as_str(data.get("id"), 64),
+            reference=base.as_id(data.get("tx_ref")),
+            gateway_transaction_id=base.as_id(data.get("id"), 64),
             outcome=_OUTCOMES.get(raw_status, base.OUTCOME_PENDING),
             amount=amount,
             currency=currency,
@@ -210,9 +279,63 @@ class FlutterwaveGateway(base.Gateway):
         data = payload.get("data")
         if payload.get("status") != "success" or not isinstance(data, dict):
             raise base.PermanentGatewayError("flutterwave refund: unexpected answer shape")
-        status = base.as_str(data.get("status"), 32).lower()
-        return base.RefundResult(gateway_refund_id=base.as_str(data.get("id"), 64),
-                                 status=_REFUND_STATUSES.get(status, "processing"))
+        return self._refund_result(data, currency)
+
+    def refund_fetch(self, gateway_refund_id: str) -> base.RefundResult | None:
+        payload = self.api_request("GET", f"refunds/{quote(gateway_refund_id, safe='')}", "refund_fetch")
+        data = payload.get("data")
+        if payload.get("status") != "success" or not isinstance(data, dict):
+            raise base.PermanentGatewayError("flutterwave refund fetch: unexpected answer shape")
+        currency = base.as_str(data.get("currency"), 3).upper()
+        charge_id = base.as_id(_refund_charge_id(data), 64)
+        if not currency and charge_id:
+            # The refund object carries no currency: the charge it refunds does.
+            with contextlib.suppress(base.PermanentGatewayError):
+                currency = self.verify_transaction(reference="", gateway_transaction_id=charge_id).currency
+        return self._refund_result(data, currency, fallback_id=gateway_refund_id)
+
+    def refunds_for_transaction(self, *, reference: str,
+                                gateway_transaction_id: str) -> list[base.RefundResult] | None:
+        # The charge gives the currency (refund rows have none), its id and its date for the `from` filter.
+        charge = self.verify_transaction(reference=reference, gateway_transaction_id=gateway_transaction_id)
+        charge_id = gateway_transaction_id or charge.gateway_transaction_id
+        if not charge_id:
+            raise base.PermanentGatewayError("flutterwave refund list: no transaction id to ask about")
+        params: dict[str, str | int] = {"currency": charge.currency}
+        with contextlib.suppress(ValueError):
+            # A day early: `from` is a calendar date, and Flutterwave's day (WAT) may start before ours.
+            params["from"] = (date.fromisoformat(charge.paid_at[:10]) - timedelta(days=1)).isoformat()
+        found: list[base.RefundResult] = []
+        for page in range(1, _LIST_MAX_PAGES + 1):
+            # No documented filter names the charge: every row is checked against its id here.
+            payload = self.api_request("GET", "refunds", "refund_list", params={**params, "page": page})
+            rows = payload.get("data")
+            if payload.get("status") != "success" or not isinstance(rows, list):
+                raise base.PermanentGatewayError("flutterwave refund list: unexpected answer shape")
+            for row in rows:
+                if isinstance(row, dict) and base.as_id(_refund_charge_id(row), 64) == charge_id:
+                    found.append(self._refund_result(row, charge.currency))
+            info = payload.get("meta", {}).get("page_info") if isinstance(payload.get("meta"), dict) else None
+            total_pages = info.get("total_pages") if isinstance(info, dict) else None
+            if not rows or not isinstance(total_pages, int) or isinstance(total_pages, bool) or page >= total_pages:
+                return found
+        raise base.PermanentGatewayError(
+            f"flutterwave refund list: more than {_LIST_MAX_PAGES} pages for transaction {charge_id}")
+
+    def _refund_result(self, data: dict[str, Any], currency: str, fallback_id: str = "") -> base.RefundResult:
+        """A refund object (create, fetch, list row); amount_refunded is in major units of `currency`."""
+        currency = base.as_str(data.get("currency"), 3).upper() or currency
+        amount: int | None = None
+        if currency and data.get("amount_refunded") is not None:
+            with contextlib.suppress(MoneyError):
+                amount = major_to_minor(data.get("amount_refunded"), currency)
+        return base.RefundResult(
+            gateway_refund_id=base.as_id(data.get("id"), 64) or fallback_id,
+            status=_refund_status(data.get("status")),
+            amount=amount,
+            refund_reference=base.as_id(data.get("flw_ref"), 64),
+            currency=currency,
+        )
 
     def callback_reference(self, query: Mapping[str, str]) -> tuple[str, str]:
         return (query.get("tx_ref") or "")[:100], (query.get("transaction_id") or "")[:64]

@@ -1,4 +1,4 @@
-"""Paystack: HMAC-SHA512 webhooks keyed with the secret key, minor-unit amounts (gateways.md, Paystack)."""
+"""Paystack: HMAC-SHA512 webhooks keyed with the secret key, minor-unit amounts."""
 
 from .gateway import PaystackGateway
 

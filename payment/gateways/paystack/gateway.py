@@ -26,6 +26,14 @@ _OUTCOMES = {
     "reversed": base.OUTCOME_REVERSED,
 }
 
+# Dedupe keys longer than this are hashed whole (the column holds 255).
+_KEY_LIMIT = 200
+_UNBOUNDED = 1 << 30
+# GET /refund paging: perPage per request, and how many pages we read before giving up rather than
+# return a list that may be missing a refund.
+_LIST_PAGE_SIZE = 100
+_LIST_MAX_PAGES = 20
+
 _REFUND_STATUSES = {
     "pending": "processing",
     "processing": "processing",
@@ -36,20 +44,20 @@ _REFUND_STATUSES = {
 
 
 def _charge_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
-    reference = base.as_str(data.get("reference"))
+    reference = base.as_id(data.get("reference"))
     if not reference:
         raise base.InvalidPayloadError("charge event without data.reference")
     try:
         amount = parse_minor(data.get("amount"))
     except MoneyError as exc:
         raise base.InvalidPayloadError(f"data.amount: {exc}") from exc
-    transaction_id = base.as_str(data.get("id"), 64)
+    transaction_id = base.as_id(data.get("id"), 64)
     status = base.as_str(data.get("status"), 32)
     return base.ParsedEvent(
         gateway="paystack",
         event=name,
         kind="charge",
-        # Paystack sends no event id (gateways.md): the key is built from what identifies the fact.
+        # Paystack sends no event id: the key is built from what identifies the fact.
         dedupe_key=f"{name}:{reference}:{transaction_id}:{status}",
         reference=reference,
         gateway_transaction_id=transaction_id,
@@ -61,8 +69,24 @@ def _charge_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
     )
 
 
+def _key(*parts: object) -> str:
+    """A dedupe key from whole identifiers: cut ones would let two long references share a key."""
+    key = ":".join(base.as_str(part, _UNBOUNDED) for part in parts)
+    if len(key) <= _KEY_LIMIT:
+        return key
+    return f"{base.as_str(parts[0])}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _transaction_id(value: object) -> str:
+    """The charge id a refund object names: a bare id (fetch, list) or a nested object (create)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return base.as_id(value, 64)
+
+
 def _refund_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
-    reference = base.as_str(data.get("transaction_reference"))
+    raw_reference = data.get("transaction_reference")
+    reference = base.as_id(raw_reference)
     if not reference:
         raise base.InvalidPayloadError("refund event without data.transaction_reference")
     try:
@@ -71,22 +95,53 @@ def _refund_event(name: str, data: dict[str, Any]) -> base.ParsedEvent:
     except MoneyError as exc:
         raise base.InvalidPayloadError(f"data.amount: {exc}") from exc
     status = base.as_str(data.get("status"), 32)
-    refund_ref = base.as_str(data.get("refund_reference")) or base.as_str(data.get("id"), 64)
+    # refund_reference is null until the refund is processed; some bodies also carry the refund's id
+    # (docs/adding-a-gateway.md, "Refunds at the gateway edge").
+    refund_reference = base.as_id(data.get("refund_reference"), 64)
+    refund_id = base.as_id(data.get("id"), 64)
     return base.ParsedEvent(
         gateway="paystack",
         event=name,
         kind="refund",
-        dedupe_key=f"{name}:{reference}:{refund_ref}:{amount}:{status}",
+        # Without an id or a refund reference (pending/processing bodies) two refunds of one amount on one
+        # charge look alike: nothing in such a body tells them apart.
+        dedupe_key=_key(name, raw_reference, data.get("id"), data.get("refund_reference"), amount, status),
         reference=reference,
+        gateway_transaction_id=_transaction_id(data.get("transaction")),
         status=_REFUND_STATUSES.get(status, "processing"),
         amount=amount,
         currency=base.as_str(data.get("currency"), 3).upper(),
         mode=base.as_str(data.get("domain"), 4),
-        refund_reference=refund_ref,
+        refund_reference=refund_reference,
+        refund_id=refund_id,
     )
 
 
-# Dispatch table (design.md 4.7): event name -> parser. Anything else is authentic but ignored.
+def _refund_result(data: dict[str, Any], fallback_id: str = "") -> base.RefundResult:
+    """A refund object of the create, fetch or list answer."""
+    try:
+        amount: int | None = parse_minor(data.get("amount"))
+    except MoneyError:
+        amount = None
+    status = base.as_str(data.get("status"), 32)
+    return base.RefundResult(
+        gateway_refund_id=base.as_id(data.get("id"), 64) or fallback_id,
+        status=_REFUND_STATUSES.get(status, "processing"),
+        amount=amount,
+        refund_reference=base.as_id(data.get("refund_reference"), 64),
+        currency=base.as_str(data.get("currency"), 3).upper(),
+    )
+
+
+def _page_count(meta: object) -> int | None:
+    value = meta.get("pageCount") if isinstance(meta, dict) else None
+    try:
+        return parse_minor(value)
+    except MoneyError:
+        return None
+
+
+# Dispatch table: event name -> parser. Anything else is authentic but ignored.
 _PARSERS = {
     "charge.success": _charge_event,
     "refund.pending": _refund_event,
@@ -110,7 +165,7 @@ class PaystackGateway(base.Gateway):
     base_url_setting = "PAYSTACK_BASE_URL"
 
     def webhook_secrets(self) -> list[str]:
-        # There is no separate webhook secret: the API secret key signs (gateways.md).
+        # There is no separate webhook secret: the API secret key signs.
         return [s for s in settings.PAYSTACK_SECRET_KEY if s]
 
     def api_key(self) -> str:
@@ -220,7 +275,7 @@ class PaystackGateway(base.Gateway):
     def verify_transaction(self, *, reference: str, gateway_transaction_id: str = "") -> base.Verification:
         payload = self.api_request("GET", f"transaction/verify/{quote(reference, safe='')}", "verify")
         data = payload.get("data")
-        # Top-level status only says the call worked; the outcome is data.status (gateways.md pitfall 7).
+        # Top-level status only says the call worked; the outcome is data.status.
         if payload.get("status") is not True or not isinstance(data, dict):
             raise base.PermanentGatewayError("paystack verify: unexpected answer shape")
         try:
@@ -229,8 +284,8 @@ class PaystackGateway(base.Gateway):
             raise base.PermanentGatewayError(f"paystack verify: data.amount: {exc}") from exc
         raw_status = base.as_str(data.get("status"), 32)
         return base.Verification(
-            reference=base.as_str(data.get("reference")),
-            gateway_transaction_id=base.as_str(data.get("id"), 64),
+            reference=base.as_id(data.get("reference")),
+            gateway_transaction_id=base.as_id(data.get("id"), 64),
             outcome=_OUTCOMES.get(raw_status, base.OUTCOME_PENDING),
             amount=amount,
             currency=base.as_str(data.get("currency"), 3).upper(),
@@ -265,22 +320,40 @@ class PaystackGateway(base.Gateway):
         data = payload.get("data")
         if payload.get("status") is not True or not isinstance(data, dict):
             raise base.PermanentGatewayError("paystack refund: unexpected answer shape")
-        status = base.as_str(data.get("status"), 32)
-        try:
-            refunded = parse_minor(data.get("amount"))
-        except MoneyError:
-            refunded = None
-        return base.RefundResult(gateway_refund_id=base.as_str(data.get("id"), 64),
-                                 status=_REFUND_STATUSES.get(status, "processing"), amount=refunded)
+        return _refund_result(data)
 
     def refund_fetch(self, gateway_refund_id: str) -> base.RefundResult | None:
         payload = self.api_request("GET", f"refund/{quote(gateway_refund_id, safe='')}", "refund_fetch")
         data = payload.get("data")
-        if not isinstance(data, dict):
+        if payload.get("status") is not True or not isinstance(data, dict):
             raise base.PermanentGatewayError("paystack refund fetch: unexpected answer shape")
-        status = base.as_str(data.get("status"), 32)
-        return base.RefundResult(gateway_refund_id=gateway_refund_id,
-                                 status=_REFUND_STATUSES.get(status, "processing"))
+        return _refund_result(data, fallback_id=gateway_refund_id)
+
+    def refunds_for_transaction(self, *, reference: str,
+                                gateway_transaction_id: str) -> list[base.RefundResult] | None:
+        transaction_id = gateway_transaction_id or self.verify_transaction(reference=reference).gateway_transaction_id
+        if not transaction_id:
+            raise base.PermanentGatewayError("paystack refund list: no transaction id to ask about")
+        found: list[base.RefundResult] = []
+        for page in range(1, _LIST_MAX_PAGES + 1):
+            # `transaction` is Paystack's documented filter, though its OpenAPI spec lists only perPage,
+            # page, from and to: every row is checked here too, so a server that ignores it is still right.
+            payload = self.api_request("GET", "refund", "refund_list", params={
+                "transaction": transaction_id, "perPage": _LIST_PAGE_SIZE, "page": page})
+            rows = payload.get("data")
+            if payload.get("status") is not True or not isinstance(rows, list):
+                raise base.PermanentGatewayError("paystack refund list: unexpected answer shape")
+            for row in rows:
+                if isinstance(row, dict) and (
+                        _transaction_id(row.get("transaction")) == transaction_id
+                        or (reference and base.as_id(row.get("transaction_reference")) == reference)):
+                    found.append(_refund_result(row))
+            page_count = _page_count(payload.get("meta"))
+            last = page >= page_count if page_count is not None else len(rows) < _LIST_PAGE_SIZE
+            if last or not rows:
+                return found
+        raise base.PermanentGatewayError(
+            f"paystack refund list: more than {_LIST_MAX_PAGES} pages for transaction {transaction_id}")
 
     def callback_reference(self, query: Mapping[str, str]) -> tuple[str, str]:
         return (query.get("reference") or query.get("trxref") or "")[:100], ""
