@@ -53,6 +53,7 @@ def _reject(gateway: str, reason: str, status: int, request: HttpRequest, **extr
     metrics.EVENTS_REJECTED.labels(gateway, reason).inc()
     level = logging.ERROR if reason == "no_secret" else logging.WARNING
     logger.log(level, "webhook rejected", extra={"gateway": gateway, "reason": reason, "http_status": status,
+                                                 "path": request.path[:200],
                                                  "source_ip": request.META.get("REMOTE_ADDR"), **extra})
     return _answer(status, reason)
 
@@ -60,7 +61,7 @@ def _reject(gateway: str, reason: str, status: int, request: HttpRequest, **extr
 @csrf_exempt
 def webhook(request: HttpRequest, gateway: str) -> HttpResponse:
     """POST /payment/webhooks/<gateway>/ (design.md 1, steps 1-6)."""
-    label = gateway[:32]
+    label = metrics.gateway_label(gateway)
     try:
         if request.method != "POST":
             response = _reject(label, "method_not_allowed", 405, request)

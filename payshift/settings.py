@@ -178,6 +178,15 @@ PAYSHIFT_GATEWAY_SILENCE_SECONDS = env.int("PAYSHIFT_GATEWAY_SILENCE_SECONDS", d
 # Raw bodies and headers of finished events are dropped after this many days (dedupe keys stay).
 PAYSHIFT_RETENTION_DAYS = env.int("PAYSHIFT_RETENTION_DAYS", default=30)
 
+# --- Customer pages -------------------------------------------------------------------------------------
+# The demo home page and the anonymous "start a payment" form: on only in the dev stack (payshift/devstack.py).
+# In production payments are started by the host application, never by an anonymous form (docs/reliability.md).
+PAYSHIFT_DEMO_PAGES = env.bool("PAYSHIFT_DEMO_PAGES", default=False)
+# The customer's callback asks the gateway at most once per payment per interval (claimed on the payment
+# row, so it holds across processes), with a timeout far below the worker's, so reloads cannot pin web threads.
+PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS = env.float("PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS", default=5.0)
+PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS = env.float("PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS", default=4.0)
+
 # --- Notifications ----------------------------------------------------------------------------------------
 # Staff alerts go here (falls back to ADMINS); the database row is always written.
 PAYSHIFT_STAFF_EMAILS: list[str] = env.list("PAYSHIFT_STAFF_EMAILS", default=[])
