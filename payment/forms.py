@@ -29,8 +29,7 @@ class CheckoutForm(forms.Form):
     """The demo "start a payment" form (only served with PAYSHIFT_DEMO_PAGES)."""
 
     gateway = forms.ChoiceField(choices=())
-    amount = forms.IntegerField(min_value=AMOUNT_MIN, max_value=AMOUNT_MAX,
-                                help_text="minor units, e.g. kobo")
+    amount = forms.IntegerField(min_value=AMOUNT_MIN, max_value=AMOUNT_MAX, initial=500000)
     currency = forms.CharField(min_length=3, max_length=3, initial="NGN",
                                validators=[RegexValidator(r"\A[A-Za-z]{3}\Z", "three letters, e.g. NGN")])
     email = forms.EmailField(max_length=254, initial="ada@example.com")

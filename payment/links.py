@@ -7,7 +7,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 
 # The salt keeps these signatures from being valid anywhere else SECRET_KEY signs (sessions, other apps).
-# Rotating DJANGO_SECRET_KEY invalidates old links unless the old key is kept in SECRET_KEY_FALLBACKS.
+# Rotating DJANGO_SECRET_KEY invalidates the links already handed out (Signer honours SECRET_KEY_FALLBACKS).
 _SALT = "payment.links.customer"
 
 

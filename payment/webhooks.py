@@ -53,7 +53,6 @@ def _reject(gateway: str, reason: str, status: int, request: HttpRequest, **extr
     metrics.EVENTS_REJECTED.labels(gateway, reason).inc()
     level = logging.ERROR if reason == "no_secret" else logging.WARNING
     logger.log(level, "webhook rejected", extra={"gateway": gateway, "reason": reason, "http_status": status,
-                                                 "path": request.path[:200],
                                                  "source_ip": request.META.get("REMOTE_ADDR"), **extra})
     return _answer(status, reason)
 
