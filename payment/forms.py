@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.validators import RegexValidator
@@ -37,9 +37,7 @@ class CheckoutForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The registry is read per form: enabled gateways are a setting, not an import-time constant.
-        field = self.fields["gateway"]
-        assert isinstance(field, forms.ChoiceField)
-        field.choices = [(name, name) for name in gateway_names()]
+        cast(forms.ChoiceField, self.fields["gateway"]).choices = [(name, name) for name in gateway_names()]
 
     def clean_currency(self) -> str:
         return str(self.cleaned_data["currency"]).upper()

@@ -17,13 +17,15 @@ def _signer() -> signing.Signer:
 
 def payment_link_token(reference: str) -> str:
     """The token that proves a request comes from whoever was given this payment's link."""
-    return _signer().sign(reference).rsplit(_signer().sep, 1)[1]
+    signer = _signer()
+    return signer.sign(reference).rsplit(signer.sep, 1)[1]
 
 
 def payment_link_token_valid(reference: str, token: str) -> bool:
     """True only for this reference's own token (constant-time compare inside Signer.unsign)."""
+    signer = _signer()
     try:
-        return _signer().unsign(f"{reference}{_signer().sep}{token}") == reference
+        return signer.unsign(f"{reference}{signer.sep}{token}") == reference
     except signing.BadSignature:
         return False
 

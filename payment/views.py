@@ -66,6 +66,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_POST
 @demo_pages_only
 def checkout(request: HttpRequest) -> HttpResponse:
+    """The demo form's POST: create the payment, then send the visitor to the gateway's checkout."""
     form = forms.CheckoutForm(request.POST, auto_id="%s")
     if not form.is_valid():
         logger.warning("checkout refused", extra={"errors": form.errors.get_json_data()})
@@ -104,8 +105,9 @@ def callback(request: HttpRequest, gateway: str, token: str) -> HttpResponse:
         return _bad_request("Bad callback query: " + "; ".join(
             f"{field}: {' '.join(str(m) for m in messages)}" for field, messages in form.errors.items()))
     reference = form.cleaned_data["reference"]
-    payment = Payment.objects.filter(reference=reference, gateway=gateway).first() \
-        if links.payment_link_token_valid(reference, token) else None
+    payment = None
+    if links.payment_link_token_valid(reference, token):  # checked before any lookup: no enumeration
+        payment = Payment.objects.filter(reference=reference, gateway=gateway).first()
     if payment is None:
         logger.warning("callback refused: token or reference", extra={"gateway": gateway, "reference": reference})
         raise Http404("no such payment link")
