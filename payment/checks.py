@@ -42,6 +42,10 @@ def payshift_checks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             if any(DEMO_MARKER in s.lower() or "payshiftdemo" in s.lower() for s in gateway.webhook_secrets()):
                 messages.append(Error(f"Gateway {name!r} uses the demo keys in production.",
                                       hint="Set the keys from the gateway's dashboard.", id="payshift.E003"))
+    if production and settings.PAYSHIFT_DEMO_PAGES:
+        messages.append(Error("PAYSHIFT_DEMO_PAGES is on in production: anyone can start payments from the demo form.",
+                              hint="Unset PAYSHIFT_DEMO_PAGES; only the local demo stack needs it.",
+                              id="payshift.E009"))
     if production and settings.DEBUG:
         messages.append(Error("DEBUG is on in production.", hint="Set DJANGO_DEBUG=false.", id="payshift.E004"))
     schedule = getattr(settings, "CELERY_BEAT_SCHEDULE", {}) or {}

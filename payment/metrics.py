@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# Every label value must come from a bounded set we define (registry names, fixed reasons, HTTP status
+# codes), never from the request: each new value is a new time series kept until the process exits, so
+# `/payment/webhooks/<random>/` must not be able to mint one per name (payment/tests/test_customer_pages.py).
+UNKNOWN_GATEWAY = "unknown"
+
+
+def gateway_label(name: str) -> str:
+    """The gateway label for a name taken from a URL: a registered gateway's name, else "unknown"."""
+    from .gateways.registry import gateway_names
+
+    return name if name in gateway_names() else UNKNOWN_GATEWAY
+
 EVENTS_RECEIVED = Counter(
     "payshift_webhook_events_received_total", "Authentic webhook events stored", ["gateway", "event"]
 )

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from . import metrics
-from .models import EventStatus, Heartbeat, Payment, PaymentStatus, WebhookEvent
+from .links import payment_result_link
+from .models import EventStatus, Heartbeat, Payment, PaymentStatus, Recipient, WebhookEvent
 
 UNFINISHED = [EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
               EventStatus.UNMATCHED]
-
-
-def payment_recent(*, limit: int = 20) -> QuerySet[Payment]:
-    return Payment.objects.order_by("-created_at")[:limit]
 
 
 def payment_show_data(reference: str) -> dict[str, Any] | None:
@@ -105,3 +103,51 @@ def _broker_state() -> dict[str, Any]:
         return {"ok": True, "transport": transport}
     except Exception as exc:
         return {"ok": False, "transport": transport, "error": type(exc).__name__}
+
+
+# --- what a customer may see ------------------------------------------------------------------------------
+# A payment held for review is "being checked" to its customer: why (amount, currency, mode) is for staff.
+_CUSTOMER_STATUS: dict[str, str] = {PaymentStatus.REVIEW: "being checked",
+                                    PaymentStatus.PARTIALLY_REFUNDED: "partially refunded"}
+
+
+@dataclass(frozen=True)
+class CustomerNotification:
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CustomerPayment:
+    """The customer-facing facts of one payment: nothing staff-only (review reason, errors, staff alerts)."""
+
+    reference: str
+    status: str
+    pending: bool
+    amount: str
+    gateway: str
+    link: str  # the signed result page (payment/links.py)
+    notifications: tuple[CustomerNotification, ...]
+
+
+def _customer_payment(payment: Payment, notifications: tuple[CustomerNotification, ...] = ()) -> CustomerPayment:
+    return CustomerPayment(
+        reference=payment.reference, status=_CUSTOMER_STATUS.get(payment.status, payment.status),
+        pending=payment.status == PaymentStatus.PENDING, amount=payment.amount_display, gateway=payment.gateway,
+        link=payment_result_link(payment.reference), notifications=notifications,
+    )
+
+
+def payment_customer_view(reference: str) -> CustomerPayment | None:
+    """One payment as its customer sees it, with the customer's notifications (never staff alerts)."""
+    payment = Payment.objects.filter(reference=reference).first()
+    if payment is None:
+        return None
+    notifications = payment.notifications.filter(recipient=Recipient.CUSTOMER).order_by("created_at", "pk")
+    return _customer_payment(payment, tuple(CustomerNotification(n.kind, n.message) for n in notifications))
+
+
+def payment_customer_list(references: list[str]) -> list[CustomerPayment]:
+    """The payments started from one browser session (the demo home page), newest first, in one query."""
+    payments = {p.reference: p for p in Payment.objects.filter(reference__in=references)}
+    return [_customer_payment(payments[r]) for r in reversed(references) if r in payments]

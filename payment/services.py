@@ -694,14 +694,28 @@ _EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
 
 # --- verification outside webhooks (callback, reconciliation, staff) --------------------------------------
 def payment_verify(payment_id: int, *, source: str = TransitionSource.RECONCILE,
-                   allow_unpaid_final: bool = True) -> str:
-    """Ask the gateway about one payment and apply the answer under the row lock. Returns the status."""
+                   allow_unpaid_final: bool = True, min_interval: float | None = None,
+                   timeout: float | None = None) -> str:
+    """Ask the gateway about one payment and apply the answer under the row lock. Returns the status.
+
+    With `min_interval`, the gateway is asked only if nobody verified this payment in that many seconds:
+    the claim is a conditional UPDATE of last_verified_at, so it holds across web processes (anonymous
+    reloads of the callback cannot become a stream of API calls). `timeout` bounds the API call.
+    """
     payment = Payment.objects.get(pk=payment_id)
     if payment.status not in OPEN_STATUSES:
         return payment.status
+    if min_interval is not None:
+        now = timezone.now()
+        claimed = Payment.objects.filter(pk=payment.pk, status__in=OPEN_STATUSES).filter(
+            Q(last_verified_at__isnull=True) | Q(last_verified_at__lte=now - timedelta(seconds=min_interval))
+        ).update(last_verified_at=now)
+        if not claimed:
+            return Payment.objects.values_list("status", flat=True).get(pk=payment.pk)
     gateway = gateway_get(payment.gateway)
     try:
-        verification = gateway.verify_transaction(reference=payment.reference)
+        with base.api_timeout(timeout) if timeout is not None else contextlib.nullcontext():
+            verification = gateway.verify_transaction(reference=payment.reference)
     except base.NotFoundAtGatewayError:
         verification = None  # the customer never reached the checkout
     with transaction.atomic():
@@ -715,10 +729,14 @@ def payment_verify(payment_id: int, *, source: str = TransitionSource.RECONCILE,
 
 
 # --- initiation -------------------------------------------------------------------------------------------
-def payment_create(*, gateway_name: str, amount: int, currency: str, email: str, callback_url: str,
-                   reference: str | None = None, metadata: Mapping[str, Any] | None = None,
-                   user: Any = None) -> Payment:
-    """Create the pending row FIRST (so no webhook can beat it), then ask the gateway for a checkout."""
+def payment_create(*, gateway_name: str, amount: int, currency: str, email: str,
+                   callback_url: str | Callable[[str], str], reference: str | None = None,
+                   metadata: Mapping[str, Any] | None = None, user: Any = None) -> Payment:
+    """Create the pending row FIRST (so no webhook can beat it), then ask the gateway for a checkout.
+
+    `callback_url` may be a function of the new reference: the customer's link back carries a token
+    signed over it (payment/links.py).
+    """
     import uuid
 
     gateway = gateway_get(gateway_name)
@@ -732,7 +750,8 @@ def payment_create(*, gateway_name: str, amount: int, currency: str, email: str,
     try:
         session = gateway.initialize_checkout(reference=payment.reference, amount=amount,
                                               currency=payment.currency, email=email,
-                                              callback_url=callback_url, metadata=payment.metadata)
+                                              callback_url=callback_url if isinstance(callback_url, str)
+                                              else callback_url(payment.reference), metadata=payment.metadata)
     except base.GatewayError as exc:
         logger.error("checkout initialisation failed", extra={"reference": payment.reference, "error": str(exc)})
         raise PaymentCreateError(str(exc)) from exc

@@ -91,6 +91,8 @@ def stack_env(web_port: int, sandbox_port: int) -> tuple[dict[str, str], bool]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Short reconciliation cycle in the demo so a missed webhook is visibly caught within a minute.
     env.setdefault("PAYSHIFT_RECONCILE_INTERVAL_SECONDS", "30")
+    # The demo home page and its anonymous checkout form: off everywhere but here (docs/configuration.md).
+    env.setdefault("PAYSHIFT_DEMO_PAGES", "true")
     return env, demo
 
 

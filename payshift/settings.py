@@ -22,6 +22,8 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 PAYSHIFT_ENVIRONMENT = env.str("PAYSHIFT_ENVIRONMENT", default="development")
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="payshift-insecure-development-key-change-me")
+# Old keys still accepted for signatures (customer links, sessions) while a rotation settles.
+SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
@@ -177,6 +179,15 @@ PAYSHIFT_RECONCILE_BATCH_SIZE = env.int("PAYSHIFT_RECONCILE_BATCH_SIZE", default
 PAYSHIFT_GATEWAY_SILENCE_SECONDS = env.int("PAYSHIFT_GATEWAY_SILENCE_SECONDS", default=3600)
 # Raw bodies and headers of finished events are dropped after this many days (dedupe keys stay).
 PAYSHIFT_RETENTION_DAYS = env.int("PAYSHIFT_RETENTION_DAYS", default=30)
+
+# --- Customer pages -------------------------------------------------------------------------------------
+# The demo home page and the anonymous "start a payment" form: on only in the dev stack (payshift/devstack.py).
+# In production payments are started by the host application, never by an anonymous form (docs/reliability.md).
+PAYSHIFT_DEMO_PAGES = env.bool("PAYSHIFT_DEMO_PAGES", default=False)
+# The customer's callback asks the gateway at most once per payment per interval (claimed on the payment
+# row, so it holds across processes), with a timeout far below the worker's, so reloads cannot pin web threads.
+PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS = env.float("PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS", default=5.0)
+PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS = env.float("PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS", default=4.0)
 
 # --- Notifications ----------------------------------------------------------------------------------------
 # Staff alerts go here (falls back to ADMINS); the database row is always written.

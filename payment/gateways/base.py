@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -221,6 +222,22 @@ def as_id(value: object, limit: int = 100) -> str:
     return bounded_key(str(value), limit)
 
 
+# A per-call ceiling on gateway API time, set around a call by code that serves a person waiting on a page
+# (the customer's callback): the workers keep the long PAYSHIFT_HTTP_READ_TIMEOUT. A context variable, so
+# every gateway's methods honour it without a timeout parameter of their own.
+_call_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("gateway_call_timeout", default=None)
+
+
+@contextlib.contextmanager
+def api_timeout(seconds: float) -> Iterator[None]:
+    """Bound every gateway API call made inside the block to `seconds` (connect and each read)."""
+    token = _call_timeout.set(seconds)
+    try:
+        yield
+    finally:
+        _call_timeout.reset(token)
+
+
 class Gateway(ABC):
     """One payment gateway. Subclasses live in payment/gateways/<name>/ and register themselves."""
 
@@ -319,6 +336,11 @@ class Gateway(ABC):
         """Call the gateway; classify failures as transient or permanent; return the parsed JSON."""
         headers = {"Authorization": f"Bearer {self.api_key()}", "Accept": "application/json",
                    **(headers_extra or {})}
+        ceiling = _call_timeout.get()
+        if ceiling is not None:
+            kwargs.setdefault("timeout", httpx.Timeout(
+                min(ceiling, settings.PAYSHIFT_HTTP_READ_TIMEOUT),
+                connect=min(ceiling, settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT)))
         started = time.perf_counter()
         outcome = "error"
         try:

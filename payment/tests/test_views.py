@@ -9,7 +9,7 @@ import pytest
 import respx
 from django.test import Client
 
-from payment import services
+from payment import links, services
 from payment.gateways.base import json_dumps
 from payment.models import Payment, PaymentStatus
 
@@ -70,12 +70,12 @@ def test_callback_verifies_and_redirects_to_result(client: Client):
     payment = make_payment("CB-1")
     respx.get(f"{PAYSTACK_API}/transaction/verify/CB-1").mock(return_value=httpx.Response(
         200, content=json_dumps(paystack_verify_answer("CB-1"))))
-    response = client.get("/payment/callback/paystack/", {"trxref": "CB-1", "reference": "CB-1"})
-    assert response.status_code == 302 and response["Location"] == "/payment/result/CB-1/"
+    response = client.get(links.payment_callback_link("paystack", "CB-1"), {"trxref": "CB-1", "reference": "CB-1"})
+    assert response.status_code == 302 and response["Location"] == links.payment_result_link("CB-1")
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.SUCCESS
     assert payment.transitions.get().source == "callback"
-    page = client.get("/payment/result/CB-1/").content.decode()
+    page = client.get(links.payment_result_link("CB-1")).content.decode()
     assert "success" in page and "payment_succeeded" in page
 
 
@@ -85,8 +85,8 @@ def test_callback_query_status_is_not_trusted(client: Client):
     payment = make_payment("CB-FLW", gateway="flutterwave")
     respx.get(f"{FLW_API}/transactions/verify_by_reference").mock(return_value=httpx.Response(
         200, content=json_dumps(flutterwave_verify_answer("CB-FLW", status="failed"))))
-    client.get("/payment/callback/flutterwave/", {"status": "successful", "tx_ref": "CB-FLW",
-                                                  "transaction_id": "1"})
+    client.get(links.payment_callback_link("flutterwave", "CB-FLW"), {"status": "successful", "tx_ref": "CB-FLW",
+                                                                      "transaction_id": "1"})
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.FAILED
 
@@ -95,24 +95,29 @@ def test_callback_query_status_is_not_trusted(client: Client):
 def test_callback_gateway_down_still_shows_result(client: Client):
     make_payment("CB-DOWN")
     respx.get(f"{PAYSTACK_API}/transaction/verify/CB-DOWN").mock(side_effect=httpx.ConnectError("down"))
-    response = client.get("/payment/callback/paystack/", {"reference": "CB-DOWN"})
+    response = client.get(links.payment_callback_link("paystack", "CB-DOWN"), {"reference": "CB-DOWN"})
     assert response.status_code == 302
     assert "pending" in client.get(response["Location"]).content.decode()
 
 
-@pytest.mark.parametrize("path,query", [("/payment/callback/paystack/", {"reference": "NOPE"}),
-                                        ("/payment/callback/stripe/", {"reference": "x"})])
-def test_callback_bad_input_is_400(client: Client, path: str, query: dict[str, str]):
-    assert client.get(path, query).status_code == 400
+@pytest.mark.parametrize("path,query,status", [
+    (links.payment_callback_link("paystack", "NOPE"), {"reference": "NOPE"}, 404),  # signed, but no such payment
+    (links.payment_callback_link("paystack", "x").replace("paystack", "stripe"), {"reference": "x"}, 404),
+    (links.payment_callback_link("paystack", "x"), {}, 400),
+])
+def test_callback_bad_input_is_4xx(client: Client, path: str, query: dict[str, str], status: int):
+    assert client.get(path, query).status_code == status
 
 
-def test_checkout_form_bad_input_is_400(client: Client):
+def test_checkout_form_bad_input_is_400(client: Client, settings):
+    settings.PAYSHIFT_DEMO_PAGES = True
     assert client.post("/payment/checkout/", {"gateway": "paystack", "amount": "abc"}).status_code == 400
     assert client.post("/payment/checkout/", {"gateway": "nope", "amount": "100"}).status_code == 400
     assert client.get("/payment/checkout/").status_code == 405
 
 
-def test_home_page_renders(client: Client):
+def test_home_page_renders_without_other_customers_payments(client: Client, settings):
+    settings.PAYSHIFT_DEMO_PAGES = True
     make_payment("HOME-1")
     page = client.get("/")
-    assert page.status_code == 200 and "HOME-1" in page.content.decode()
+    assert page.status_code == 200 and "HOME-1" not in page.content.decode()
