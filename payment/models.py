@@ -232,6 +232,7 @@ class NotificationKind(models.TextChoices):
     EVENT_DEAD = "event_dead"  # staff
     GATEWAY_SILENT = "gateway_silent"  # staff
     REFUND_UNKNOWN = "refund_unknown"  # staff: a refund's outcome needs checking at the gateway
+    REFUND_HELD = "refund_held"  # staff: the gateway refunded a charge that has not settled here
 
 
 class Recipient(models.TextChoices):

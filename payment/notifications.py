@@ -21,6 +21,8 @@ _SUBJECTS = {
     NotificationKind.PAYMENT_REVIEW: "[Payshift] Payment needs review: {ref}",
     NotificationKind.EVENT_DEAD: "[Payshift] Webhook event needs a person: {ref}",
     NotificationKind.GATEWAY_SILENT: "[Payshift] A gateway has gone silent",
+    NotificationKind.REFUND_UNKNOWN: "[Payshift] A refund's outcome is unknown: {ref}",
+    NotificationKind.REFUND_HELD: "[Payshift] A refund of an unsettled payment is held: {ref}",
 }
 
 

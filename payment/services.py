@@ -522,8 +522,14 @@ def _refund_event_apply(event: WebhookEvent) -> str:
             # This very event already closed a refund: a forced replay or a raced redelivery must not find
             # "no open refund" and book it again as a dashboard refund (payment/tests/test_security.py).
             return _event_finish(event, EventStatus.PROCESSED, payment=locked)
-        refund = _refund_for_claim(locked, refund_id=claim.refund_id, refund_reference=claim.refund_reference,
-                                   amount=amount, currency=currency)
+        refund, by_identity = _refund_for_claim(locked, refund_id=claim.refund_id,
+                                                refund_reference=claim.refund_reference, amount=amount,
+                                                currency=currency)
+        if refund is not None and status == RefundStatus.FAILED and not by_identity:
+            # "A refund of this amount failed" may be about another attempt (one made in the dashboard): it
+            # never fails one of ours, or that amount would be refundable again. Polling decides ours.
+            return _event_finish(event, EventStatus.PROCESSED, payment=locked,
+                                 error="refund failure matched only by amount: left for polling")
         if refund is None:
             if status != RefundStatus.PROCESSED or amount <= 0:
                 return _event_finish(event, EventStatus.PROCESSED, payment=locked,
@@ -541,10 +547,14 @@ def _refund_event_apply(event: WebhookEvent) -> str:
                 Refund.objects.filter(pk=polled.pk).update(event=event)
                 return _event_finish(event, EventStatus.PROCESSED, payment=locked)
             if locked.status not in _CHARGE_SETTLED:
-                # Money cannot go back from a charge our books have not seen settle: keep the event, and
-                # apply it once the charge settles (payment_transition releases it), or a person does.
-                return _event_unmatched(event, "refund of a charge that has not settled here yet: kept until it"
-                                               " does")
+                # Money cannot go back from a charge our books have not seen settle: keep the event (tied to
+                # its payment, so it never ages into "no such payment"), tell staff, and apply it once the
+                # charge settles (payment_transition releases it).
+                return _refund_event_hold(event, locked)
+            misfit = _refund_claim_misfit(locked, amount=amount, currency=currency)
+            if misfit:
+                event_mark_dead(event.pk, f"refund claim does not fit the charge: {misfit}")
+                return EventStatus.DEAD
             refund, _created = Refund.objects.get_or_create(
                 idempotency_key=base.bounded_key(f"webhook:{event.gateway}:{event.dedupe_key}", 255),
                 defaults={"payment": locked, "amount": amount, "currency": currency or locked.refund_currency,
@@ -575,28 +585,32 @@ def _payment_for_refund_event(event: WebhookEvent) -> Payment | None:
 
 
 def _refund_for_claim(payment: Payment, *, refund_id: str, refund_reference: str, amount: int,
-                      currency: str) -> Refund | None:
-    """The (locked) refund a gateway's statement is about: by its id, then its reference, and only as a last
-    resort by amount, among OPEN refunds that no other identity already claims."""
+                      currency: str) -> tuple[Refund | None, bool]:
+    """The (locked) refund a gateway's statement is about, and whether it matched by identity.
+
+    By the gateway's refund id, then its reference, and only as a last resort by amount among OPEN refunds
+    that were sent (a refund still queued cannot be what the gateway talks about) and that no other
+    identity already claims.
+    """
     mine = Refund.objects.select_for_update().filter(payment=payment)
     if refund_id:
         by_id = mine.filter(gateway_refund_id=refund_id).first()
         if by_id is not None:
-            return by_id
+            return by_id, True
     if refund_reference:
         by_reference = mine.filter(gateway_refund_reference=refund_reference).first()
         if by_reference is not None:
-            return by_reference
+            return by_reference, True
     if amount <= 0:
-        return None
-    candidates = mine.filter(status__in=OPEN_REFUND_STATUSES, amount=amount)
+        return None, False
+    candidates = mine.filter(status__in=OPEN_REFUND_STATUSES, amount=amount, submitted_at__isnull=False)
     if currency:
         candidates = candidates.filter(currency=currency)
     if refund_id:
         candidates = candidates.filter(gateway_refund_id="")
     if refund_reference:
         candidates = candidates.filter(gateway_refund_reference="")
-    return candidates.order_by("created_at", "pk").first()
+    return candidates.order_by("created_at", "pk").first(), False
 
 
 def _refund_identity_learn(refund: Refund, *, refund_id: str, refund_reference: str) -> None:
@@ -662,10 +676,36 @@ def _payment_refund_state_sync(payment: Payment, *, event: WebhookEvent | None =
     return payment_transition(payment, target, source=TransitionSource.REFUND, event=event, details=details)
 
 
-def _event_unmatched(event: WebhookEvent, note: str = "") -> str:
-    """Keep an event we cannot apply yet (no such payment, or a charge not settled): retried while young."""
+def _refund_claim_misfit(payment: Payment, *, amount: int, currency: str) -> str:
+    """Why a refund made at the gateway cannot be about this charge ('' when it can)."""
+    if currency and currency != payment.refund_currency:
+        return f"{currency} refund of a charge paid in {payment.refund_currency}"
+    left = (payment.amount_paid or 0) - payment.amount_refunded
+    if amount > left:
+        return f"refund of {amount} with only {left} left to refund"
+    return ""
+
+
+def _refund_event_hold(event: WebhookEvent, payment: Payment) -> str:
+    """A refund of a charge that has not settled in our books: kept for its payment, staff told once."""
+    note = f"refund of a charge that is {payment.status} here: kept until it settles"
+    status = _event_unmatched(event, note, payment=payment)
+    notification = _notification_create(
+        kind=NotificationKind.REFUND_HELD, recipient=Recipient.STAFF, payment=payment, event=event,
+        message=f"The gateway reports a refund on {payment.reference}, which is {payment.status} here. The refund is "
+                "booked as soon as the payment settles (a review resolved, a verification).")
+    if notification is not None:
+        _deliver_after_commit([notification.pk])
+    return status
+
+
+def _event_unmatched(event: WebhookEvent, note: str = "", *, payment: Payment | None = None) -> str:
+    """Keep an event we cannot apply yet (no such payment, or a charge not settled): retried while young.
+
+    An event kept for a payment that exists (`payment` set) waits for that payment and never goes dead for
+    want of one."""
     WebhookEvent.objects.filter(pk=event.pk).update(
-        status=EventStatus.UNMATCHED, updated_at=timezone.now(), last_error=note,
+        status=EventStatus.UNMATCHED, updated_at=timezone.now(), last_error=note, payment=payment,
         next_attempt_at=timezone.now() + timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
     )
     logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
@@ -677,11 +717,8 @@ def _refund_events_release(payment_id: int) -> None:
     """After a charge settles: re-dispatch the refund events that were kept waiting for it."""
     from . import queueing
 
-    payment = Payment.objects.filter(pk=payment_id).values_list("reference", "gateway").first()
-    if payment is None:
-        return
     waiting = WebhookEvent.objects.filter(kind=EventKind.REFUND, status=EventStatus.UNMATCHED,
-                                          reference=payment[0], gateway=payment[1]).values_list("pk", flat=True)
+                                          payment_id=payment_id).values_list("pk", flat=True)
     for event_id in list(waiting[:100]):
         queueing.event_dispatch(event_id, path="sweep")
 
@@ -835,7 +872,7 @@ def refund_submit(refund_id: int) -> str:
             status=RefundStatus.FAILED, last_error=str(exc)[:2000], completed_at=timezone.now(),
             updated_at=timezone.now())
         logger.error("refund refused by the gateway", extra={"refund_id": refund.pk, "error": str(exc)})
-        return RefundStatus.FAILED
+        return Refund.objects.filter(pk=refund.pk).values_list("status", flat=True).get()
     except Exception as exc:
         # Whatever broke after the request went out (a bug, an answer no parser expected), it may have worked.
         logger.exception("refund answer could not be handled", extra={"refund_id": refund.pk})
@@ -851,6 +888,10 @@ def refund_submit(refund_id: int) -> str:
 def refund_mark_unknown(refund_id: int, error: str) -> str:
     """The refund may have been made: keep its amount reserved, never send it again, tell staff once."""
     with transaction.atomic():
+        # Payment row first, as on every refund path (the notification's foreign key would take it after
+        # the refund row otherwise: a lock-order deadlock with a refund webhook).
+        payment_id = Refund.objects.filter(pk=refund_id).values_list("payment_id", flat=True).get()
+        Payment.objects.select_for_update().filter(pk=payment_id).values_list("pk", flat=True).get()
         moved = Refund.objects.filter(pk=refund_id, status=RefundStatus.PENDING).update(
             status=RefundStatus.UNKNOWN, last_error=f"outcome unknown, never re-sent: {error}"[:2000],
             updated_at=timezone.now())
@@ -900,10 +941,14 @@ def refund_poll(refund_id: int) -> str:
 def _refund_pick(refund: Refund, listing: list[base.RefundResult]) -> base.RefundResult | None:
     """Which of the gateway's refunds of this charge is ours: one of the same amount that none of our other
     refunds already owns (under the payment lock, so two polls never claim the same one)."""
-    owned = set(Refund.objects.filter(payment_id=refund.payment_id).exclude(pk=refund.pk)
-                .exclude(gateway_refund_id="").values_list("gateway_refund_id", flat=True))
+    others = Refund.objects.filter(payment_id=refund.payment_id).exclude(pk=refund.pk)
+    owned_ids = set(others.exclude(gateway_refund_id="").values_list("gateway_refund_id", flat=True))
+    owned_references = set(others.exclude(gateway_refund_reference="").values_list("gateway_refund_reference",
+                                                                                     flat=True))
     for candidate in listing:
-        if candidate.gateway_refund_id and candidate.gateway_refund_id in owned:
+        if candidate.gateway_refund_id and candidate.gateway_refund_id in owned_ids:
+            continue
+        if candidate.refund_reference and candidate.refund_reference in owned_references:
             continue
         if candidate.amount is not None and candidate.amount != refund.amount:
             continue
@@ -1080,7 +1125,8 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
     # 2. Unmatched events: retry while young, then hand to a person.
     window_start = now - timedelta(seconds=settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS)
     unmatched = WebhookEvent.objects.filter(status=EventStatus.UNMATCHED)
-    for event_id in _ids_in_batches(unmatched.filter(received_at__lt=window_start)):
+    # Events kept for a payment that exists (a refund of a charge not settled yet) wait for it instead.
+    for event_id in _ids_in_batches(unmatched.filter(received_at__lt=window_start, payment__isnull=True)):
         if out_of_time():
             break
         event_mark_dead(event_id, "no payment with this reference appeared in time")

@@ -211,8 +211,9 @@ def bounded_key(text: str, limit: int) -> str:
     """
     if len(text) <= limit:
         return text
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{text[:limit - len(digest) - 1]}~{digest}"
+    # At least 128 bits of the digest, at most all of it; the prefix keeps the key readable.
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:min(64, max(32, limit // 2))]
+    return f"{text[:max(0, limit - len(digest) - 1)]}~{digest}"
 
 
 def as_id(value: object, limit: int = 100) -> str:

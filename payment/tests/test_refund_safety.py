@@ -358,10 +358,11 @@ def test_two_gateway_refunds_on_a_long_reference_are_both_booked(client: Client,
     assert payment.amount_refunded == 200000 and Refund.objects.count() == 2
 
 
-def test_bounded_key_keeps_short_keys_and_separates_long_ones():
-    assert base.bounded_key("short", 10) == "short"
-    a, b = base.bounded_key("p" * 300 + "a", 100), base.bounded_key("p" * 300 + "b", 100)
-    assert a != b and len(a) == len(b) == 100
+@pytest.mark.parametrize("limit", [33, 64, 100, 255])
+def test_bounded_key_keeps_short_keys_and_separates_long_ones(limit: int):
+    assert base.bounded_key("short", limit) == "short"
+    a, b = base.bounded_key("p" * 300 + "a", limit), base.bounded_key("p" * 300 + "b", limit)
+    assert a != b and len(a) == len(b) == limit
 
 
 # --- 6. a refund goes back in what the customer paid --------------------------------------------------------
