@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from . import metrics
@@ -19,37 +20,50 @@ logger = logging.getLogger("payment.queueing")
 
 class _BrokerCircuit:
     """After a failed publish, skip Celery for a few seconds: a dead broker costs one timeout, not one
-    per request, so the webhook endpoint keeps answering fast (issue: Redis stopped -> still 200 quickly)."""
+    per request, so the webhook endpoint keeps answering fast (issue: Redis stopped -> still 200 quickly).
+
+    `allows()` hands out a ticket: the generation, which every trip increments. Only a publish that began
+    after the latest trip may close the circuit, so a slow publish that started before the broker died and
+    happened to succeed afterwards cannot reopen the way to a dead broker (payment/tests/test_queueing.py)."""
 
     def __init__(self) -> None:
         self._open_until = 0.0
+        self._generation = 1  # starts at 1 so that every ticket is truthy
         self._lock = threading.Lock()
 
-    def allows(self) -> bool:
+    def allows(self) -> int | None:
+        """None: skip the broker. Otherwise a ticket to hand back to `succeeded()`."""
         if not self._open_until:
-            return True  # closed: the hot path takes no lock
+            return self._generation  # closed: the hot path takes no lock
         with self._lock:
             now = time.monotonic()
             if now < self._open_until:
-                return False
+                return None
             # Half-open: this caller probes the broker and the window re-arms for everyone else, so a dead
-            # broker (redis-py retries a refused connect for ~2 s) stalls one request per window, not every
-            # thread of the web worker at once (bench/, issue 6). Success closes it (reset), failure trips it.
+            # broker stalls one request per window, not every thread of the web worker at once (bench/,
+            # issue 6). Success closes it, failure trips it again.
             self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
-            return True
+            return self._generation
+
+    def is_open(self) -> bool:
+        return bool(self._open_until) and time.monotonic() < self._open_until
 
     def trip(self) -> None:
         with self._lock:
+            self._generation += 1
             self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
 
     def reset(self) -> None:
         with self._lock:
             self._open_until = 0.0
 
-    def succeeded(self) -> None:
-        """A publish went through: after a trip that was the probe, so the circuit closes."""
-        if self._open_until:
-            self.reset()
+    def succeeded(self, ticket: int) -> None:
+        """A publish went through. It closes the circuit only if no trip happened since it began."""
+        if not self._open_until:
+            return
+        with self._lock:
+            if ticket == self._generation:
+                self._open_until = 0.0
 
 
 circuit = _BrokerCircuit()
@@ -58,18 +72,41 @@ SWEEPABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, E
              EventStatus.UNMATCHED)
 
 
+def sweep_due(now: datetime) -> Q:
+    """Events the periodic sweep re-dispatches: what a lost publish, a dead worker or a lost retry left.
+    `queued` rows are in a broker already, and `processing` ones belong to a worker until they are stale."""
+    stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
+    stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    return (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
+            | Q(status__in=[EventStatus.QUEUED, EventStatus.PROCESSING], updated_at__lt=stuck)
+            | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
+            | Q(status=EventStatus.FAILED, next_attempt_at__isnull=True, updated_at__lt=stuck))
+
+
+def _sweep_takeable(now: datetime) -> Q:
+    """What the sweep may move back to `queued`, checked in the UPDATE itself: a worker that claimed the row
+    since the sweep's query ran has refreshed `updated_at`, so the row no longer matches and stays its own.
+    Unmatched events are retried when due (services.pending_payments_check step 2)."""
+    return sweep_due(now) | (Q(status=EventStatus.UNMATCHED)
+                             & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)))
+
+
 def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
-    if not circuit.allows():
+    ticket = circuit.allows()
+    if ticket is None:
         return False
     from payshift.celery import app
 
     try:
-        app.send_task(task_name, args=list(args), retry=False, **options)
+        # ignore_result: send_task does not know the task's own ignore_result, and with a result backend it
+        # would subscribe to the result (Redis pub/sub) before publishing. On a dead Redis that subscribe
+        # retries for ~19 s (celery.backends.redis ResultConsumer.reconnect_on_error). Nobody reads results.
+        app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, redis errors...)
         circuit.trip()
         logger.warning("celery publish failed", extra={"task": task_name, "error": f"{type(exc).__name__}: {exc}"})
         return False
-    circuit.succeeded()
+    circuit.succeeded(ticket)
     return True
 
 
@@ -90,8 +127,9 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
     if path == "sweep":
         # Mark it queued BEFORE publishing, and only from a state the sweep may take it from: a worker that
         # finishes first must never have its `processed` overwritten.
-        moved = WebhookEvent.objects.filter(pk=event_id, status__in=SWEEPABLE).update(
-            status=EventStatus.QUEUED, updated_at=timezone.now())
+        now = timezone.now()
+        moved = WebhookEvent.objects.filter(_sweep_takeable(now), pk=event_id, status__in=SWEEPABLE).update(
+            status=EventStatus.QUEUED, updated_at=now)
         if not moved:
             return "none"
     taken = "none"

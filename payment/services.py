@@ -827,12 +827,8 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
     # 1. Inbox sweep: events a lost publish, a dead worker or a lost retry left behind. `queued` rows are
     # in a broker already, so they wait longer: re-publishing a backlog every minute would only add load.
     stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
-    stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
-    sweep_q = (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
-               | Q(status__in=[EventStatus.QUEUED, EventStatus.PROCESSING], updated_at__lt=stuck)
-               | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
-               | Q(status=EventStatus.FAILED, next_attempt_at__isnull=True, updated_at__lt=stuck))
-    for event_id in _ids_in_batches(WebhookEvent.objects.filter(sweep_q)):
+    # event_dispatch(path="sweep") re-checks the same condition in its UPDATE (a worker may claim meanwhile).
+    for event_id in _ids_in_batches(WebhookEvent.objects.filter(queueing.sweep_due(now))):
         if out_of_time():
             break
         queueing.event_dispatch(event_id, path="sweep")
