@@ -148,21 +148,27 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
     return taken
 
 
-def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: float = 0.0) -> bool:
-    """Celery gave up on a transient failure: Django Q takes over with a longer schedule."""
+def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: float = 0.0, retake: str = "",
+                           db_attempt: int = 0) -> bool:
+    """Celery gave up on a transient failure, or a Django Q attempt met a database error: Django Q takes
+    over (again) with a longer schedule. `retake`/`db_attempt` carry a database retry's claim and count."""
+    args: list[Any] = [int(event_id), int(attempt)]
+    if retake or db_attempt:
+        args += [str(retake), int(db_attempt)]
     if delay_seconds <= 0:
-        return _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", event_id, attempt,
-                                 task_name=f"event-{event_id}-q{attempt}")
+        return _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", *args,
+                                 task_name=f"event-{event_id}-q{attempt}" + (f"-db{db_attempt}" if db_attempt else ""))
     from django_q.models import Schedule
 
     try:
         Schedule.objects.create(
             func="payment.q_tasks.process_payment_webhook_q",
-            args=f"{int(event_id)},{int(attempt)}",
+            # Django Q evaluates this string as a literal tuple; repr() quotes the (hex) token safely.
+            args=",".join(repr(a) for a in args),
             schedule_type=Schedule.ONCE,
             repeats=1,
             next_run=timezone.now() + timedelta(seconds=delay_seconds),
-            name=f"event-{event_id}-retry-{attempt}",
+            name=f"event-{event_id}-retry-{attempt}" + (f"-db{db_attempt}" if db_attempt else ""),
         )
     except Exception as exc:
         logger.error("django q schedule failed", extra={"event_id": event_id, "error": str(exc)})

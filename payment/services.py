@@ -7,13 +7,14 @@ import dataclasses
 import hashlib
 import logging
 import random
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -192,30 +193,39 @@ def _log_fields(parsed: base.ParsedEvent) -> dict[str, Any]:
 _CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.UNMATCHED)
 
 
-def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> str:
+def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim: str = "",
+                          retake: str = "") -> str:
     """Process one stored event; safe to run twice or concurrently. Returns the event's status.
 
-    Raises base.TransientGatewayError when a retry can fix it (the caller owns the retry policy).
+    `claim` is this attempt's token (new for every attempt; generated when empty). `retake` is the token of
+    the attempt this one retries: it may take back a claim that a database error kept from being released.
+    Raises base.TransientGatewayError when a retry can fix it, and database errors (the claim released when
+    the database allows it); the caller owns the retry policy and hands `claim` to its retry as `retake`.
     """
+    claim = claim or uuid.uuid4().hex
     statuses = [*_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else _CLAIMABLE
-    # A `processing` event belongs to the worker running it; only a stale claim (that worker died, or a
-    # redelivery after a kill) is taken over, so duplicate messages never verify in parallel.
+    # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
+    # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
+    # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
     stuck = timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
+    if retake:
+        claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
     if force:
         claimable |= Q(status=EventStatus.PROCESSING)
     claimed = WebhookEvent.objects.filter(claimable, pk=event_id).update(
-        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, updated_at=timezone.now()
+        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, claim_token=claim,
+        updated_at=timezone.now()
     )
     if not claimed:
         # Already processed, ignored or dead (or unknown): "already applied" is a no-op (design.md 4.4).
         current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
         return current or "missing"
-    event = WebhookEvent.objects.get(pk=event_id)
-    handler = _EVENT_HANDLERS.get(event.kind)
-    if handler is None:
-        return _event_finish(event, EventStatus.IGNORED)
     try:
+        event = WebhookEvent.objects.get(pk=event_id)
+        handler = _EVENT_HANDLERS.get(event.kind)
+        if handler is None:
+            return _event_finish(event, EventStatus.IGNORED)
         return handler(event)
     except base.TransientGatewayError as exc:
         metrics.EVENTS_FAILED.labels(event.gateway, "true").inc()
@@ -223,12 +233,32 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> st
             # A ceiling across every path (Celery, Django Q, sweep), so nothing retries for ever unseen.
             event_mark_dead(event.pk, f"gave up after {event.attempts} attempts: {exc}")
             return EventStatus.DEAD
-        _event_fail(event, str(exc))
+        _event_fail(event_id, str(exc), claim=claim, log_fields={"gateway": event.gateway,
+                                                                 "reference": event.reference})
         raise
     except (base.PermanentGatewayError, base.InvalidPayloadError) as exc:
         metrics.EVENTS_FAILED.labels(event.gateway, "false").inc()
         event_mark_dead(event.pk, f"permanent: {exc}")
         return EventStatus.DEAD
+    except (DatabaseError, InterfaceError) as exc:
+        # Release the claim so the caller's retry (seconds away) can take it, not the sweep in 15 minutes.
+        # Where the database refuses even that, the claim keeps our token and that retry retakes it.
+        _event_release_after_db_error(event_id, f"database error: {type(exc).__name__}: {exc}", claim=claim)
+        raise
+
+
+def _event_release_after_db_error(event_id: int, error: str, *, claim: str) -> None:
+    for attempt in range(2):
+        try:
+            _event_fail(event_id, error, claim=claim)
+            return
+        except (DatabaseError, InterfaceError) as exc:
+            if attempt or transaction.get_connection().in_atomic_block:
+                logger.warning("claim not released: the retry retakes it by its token",
+                               extra={"event_id": event_id, "error": f"{type(exc).__name__}: {exc}"})
+                return
+            # The error usually broke this connection; a new one succeeds when the database is back.
+            transaction.get_connection().close()
 
 
 def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None) -> str:
@@ -249,12 +279,13 @@ def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment:
     return status
 
 
-def _event_fail(event: WebhookEvent, error: str) -> None:
-    WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.PROCESSING).update(
-        status=EventStatus.FAILED, last_error=error[:2000], updated_at=timezone.now()
+def _event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str, Any] | None = None) -> None:
+    """Give up this attempt's claim (only if it is still ours): the event is `failed` and claimable again."""
+    released = WebhookEvent.objects.filter(pk=event_id, status=EventStatus.PROCESSING, claim_token=claim).update(
+        status=EventStatus.FAILED, claim_token="", last_error=error[:2000], updated_at=timezone.now()
     )
-    logger.warning("webhook attempt failed", extra={"event_id": event.pk, "gateway": event.gateway,
-                                                    "reference": event.reference, "error": error})
+    logger.warning("webhook attempt failed", extra={"event_id": event_id, **(log_fields or {}), "error": error,
+                                                    "claim_released": bool(released)})
 
 
 def event_schedule_retry(event_id: int, at: Any) -> None:
