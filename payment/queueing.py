@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -18,52 +19,90 @@ from .models import EventStatus, WebhookEvent
 logger = logging.getLogger("payment.queueing")
 
 
+# A healthy broker takes a publish in about a millisecond. One that has been in flight this long means the
+# broker hangs (a black-holed port, a stopped process): other requests go to Django Q instead of queueing up
+# behind it for the whole publish timeout (bench/ scenario 3, "blackholed").
+_HANGING_AFTER_SECONDS = 0.05
+
+
 class _BrokerCircuit:
     """After a failed publish, skip Celery for a few seconds: a dead broker costs one timeout, not one
     per request, so the webhook endpoint keeps answering fast (issue: Redis stopped -> still 200 quickly).
 
-    `allows()` hands out a ticket: the generation, which every trip increments. Only a publish that began
-    after the latest trip may close the circuit, so a slow publish that started before the broker died and
-    happened to succeed afterwards cannot reopen the way to a dead broker (payment/tests/test_queueing.py)."""
+    When the window is over, a background probe (not a webhook) asks the broker; only a probe that began
+    after the latest trip may close the circuit. A slow publish that started before the broker died and
+    happened to succeed afterwards changes nothing (payment/tests/test_queueing.py)."""
 
     def __init__(self) -> None:
-        self._open_until = 0.0
-        self._generation = 1  # starts at 1 so that every ticket is truthy
         self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._generation = 0  # every trip and reset moves it on: a probe's answer counts only within its own
+        self._probing = False
+        self._inflight: dict[int, float] = {}
+        self._tickets = itertools.count(1)
 
-    def allows(self) -> int | None:
-        """None: skip the broker. Otherwise a ticket to hand back to `succeeded()`."""
-        if not self._open_until:
-            return self._generation  # closed: the hot path takes no lock
+    def begin(self) -> int | None:
+        """Before a publish: None to skip the broker, else a ticket to hand to `end()`."""
+        now = time.monotonic()
         with self._lock:
-            now = time.monotonic()
-            if now < self._open_until:
+            if self._open_until:
+                if now < self._open_until:
+                    return None
+                # Half-open: re-arm the window for everyone and let a background probe decide; no webhook
+                # waits on a broker that is probably still dead.
+                self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+                self._probe_start()
                 return None
-            # Half-open: this caller probes the broker and the window re-arms for everyone else, so a dead
-            # broker stalls one request per window, not every thread of the web worker at once (bench/,
-            # issue 6). Success closes it, failure trips it again.
-            self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
-            return self._generation
+            if any(now - started > _HANGING_AFTER_SECONDS for started in self._inflight.values()):
+                return None
+            ticket = next(self._tickets)
+            self._inflight[ticket] = now
+            return ticket
+
+    def end(self, ticket: int, *, ok: bool) -> None:
+        with self._lock:
+            self._inflight.pop(ticket, None)
+            if not ok:
+                self._trip()
 
     def is_open(self) -> bool:
         return bool(self._open_until) and time.monotonic() < self._open_until
 
     def trip(self) -> None:
         with self._lock:
-            self._generation += 1
-            self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+            self._trip()
 
     def reset(self) -> None:
         with self._lock:
+            self._generation += 1
             self._open_until = 0.0
+            self._inflight.clear()
 
-    def succeeded(self, ticket: int) -> None:
-        """A publish went through. It closes the circuit only if no trip happened since it began."""
-        if not self._open_until:
+    def _trip(self) -> None:
+        self._generation += 1
+        self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+
+    def _probe_start(self) -> None:
+        if self._probing:
             return
+        self._probing = True
+        threading.Thread(target=self._probe, args=(self._generation,), name="broker-probe", daemon=True).start()
+
+    def _probe(self, generation: int) -> None:
+        try:
+            broker_reachable()
+            reachable = True
+        except Exception:
+            reachable = False
         with self._lock:
-            if ticket == self._generation:
+            self._probing = False
+            if generation != self._generation:
+                return  # tripped (or reset) while probing: this answer is older than what we know
+            if reachable:
                 self._open_until = 0.0
+                logger.info("broker reachable again: publishing to Celery")
+            else:
+                self._trip()
 
 
 circuit = _BrokerCircuit()
@@ -91,8 +130,19 @@ def _sweep_takeable(now: datetime) -> Q:
                              & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)))
 
 
+def broker_reachable() -> None:
+    """One bounded round trip to the broker, or an exception: connect without kombu's retries (it sleeps 2 s
+    before a second try) and open a channel, which on Redis sends a PING; the transport's socket timeouts
+    (payshift/settings.py) bound each step, so a black-holed port fails too instead of passing the connect."""
+    from payshift.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=0, timeout=settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)
+        conn.default_channel  # noqa: B018 (opening it is the check)
+
+
 def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
-    ticket = circuit.allows()
+    ticket = circuit.begin()
     if ticket is None:
         return False
     from payshift.celery import app
@@ -103,10 +153,10 @@ def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
         # retries for ~19 s (celery.backends.redis ResultConsumer.reconnect_on_error). Nobody reads results.
         app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, redis errors...)
-        circuit.trip()
+        circuit.end(ticket, ok=False)
         logger.warning("celery publish failed", extra={"task": task_name, "error": f"{type(exc).__name__}: {exc}"})
         return False
-    circuit.succeeded(ticket)
+    circuit.end(ticket, ok=True)
     return True
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -21,7 +22,7 @@ from django.test import Client
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from payment import queueing, services
+from payment import queueing, selectors, services
 from payment.models import EventStatus, WebhookEvent
 from payshift import settings as settings_module
 from payshift.celery import app
@@ -130,12 +131,33 @@ def test_dispatch_does_not_hang_on_blackholed_broker(client: Client, broker: Any
         listener.close()
 
 
-def test_circuit_closes_again_after_cooldown(settings: Any, broker: Any) -> None:
+def _wait_probe_done() -> None:
+    deadline = time.monotonic() + 5
+    while queueing.circuit._probing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not queueing.circuit._probing
+
+
+def test_circuit_closes_again_after_cooldown_when_the_probe_reaches_the_broker(settings: Any) -> None:
     settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 0.2
     queueing.circuit.trip()
-    assert not queueing.circuit.allows()
+    assert queueing.circuit.begin() is None
     time.sleep(0.25)
-    assert queueing.circuit.allows()
+    with mock.patch("payment.queueing.broker_reachable") as probe:
+        assert queueing.circuit.begin() is None  # the window is over: a background probe asks, no webhook
+        _wait_probe_done()
+    probe.assert_called_once()
+    assert queueing.circuit.begin() is not None
+
+
+def test_failed_probe_keeps_the_circuit_open(settings: Any) -> None:
+    settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 0.05
+    queueing.circuit.trip()
+    time.sleep(0.06)
+    with mock.patch("payment.queueing.broker_reachable", side_effect=OSError("refused")):
+        assert queueing.circuit.begin() is None
+        _wait_probe_done()
+    assert queueing.circuit.is_open()
 
 
 # --- Redis down with a result backend on the same Redis (the configuration users copy) ------------------------
@@ -164,6 +186,10 @@ class RedisServer:
 
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def hang(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing ever answers (a black-holed Redis)."""
+        self.proc.send_signal(signal.SIGSTOP)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -219,7 +245,7 @@ def test_first_webhook_after_redis_dies_with_result_backend_is_fast(client: Clie
         server.kill()
         timings = []
         for i in range(3):
-            time.sleep(0.1)  # past the circuit window: this request is the probe
+            time.sleep(0.1)  # past the circuit window each time (a background probe asks Redis again)
             started = time.monotonic()
             assert signed_post(client, "paystack", paystack_charge(f"RB-DEAD-{i}")).status_code == 200
             timings.append(time.monotonic() - started)
@@ -250,6 +276,37 @@ def test_readiness_probe_is_bounded_and_spares_a_dead_broker(client: Client, shi
         server.kill()
 
 
+def test_hung_redis_with_result_backend_costs_one_publish_timeout_then_nothing(
+        client: Client, settings: Any, shipped_redis: Any, tmp_path: Any) -> None:
+    """Redis stops answering but keeps accepting connections: the first webhook waits the publish timeout
+    (PAYSHIFT_BROKER_PUBLISH_TIMEOUT), never the result backend's retries; after it, every answer is fast,
+    half-open windows included (the probe runs in the background), and /readyz stays bounded too."""
+    settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 0.05
+    server = RedisServer(tmp_path)
+    try:
+        shipped_redis(server.url(0), server.url(1))
+        assert signed_post(client, "paystack", paystack_charge("HUNG-WARM")).status_code == 200
+        server.hang()
+        started = time.monotonic()
+        assert signed_post(client, "paystack", paystack_charge("HUNG-0")).status_code == 200
+        first = time.monotonic() - started
+        assert first < settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5, first
+        timings = []
+        for i in range(1, 4):
+            time.sleep(0.1)
+            started = time.monotonic()
+            assert signed_post(client, "paystack", paystack_charge(f"HUNG-{i}")).status_code == 200
+            timings.append(time.monotonic() - started)
+        assert max(timings) < 0.3, timings
+        assert OrmQ.objects.count() == 4
+        queueing.circuit.reset()
+        started = time.monotonic()
+        assert selectors._broker_state()["ok"] is False
+        assert time.monotonic() - started < settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5
+    finally:
+        server.kill()
+
+
 # --- the circuit closes only on a publish that began after it opened -------------------------------------------
 def test_slow_publish_that_began_before_a_trip_does_not_close_the_circuit(settings: Any) -> None:
     settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 60
@@ -257,33 +314,58 @@ def test_slow_publish_that_began_before_a_trip_does_not_close_the_circuit(settin
     def slow_send(*args: Any, **kwargs: Any) -> None:
         queueing.circuit.trip()  # meanwhile another thread's publish failed: the broker died under us
 
-    with mock.patch.object(app, "send_task", side_effect=slow_send):
+    with mock.patch.object(app, "send_task", side_effect=slow_send) as send:
         assert queueing._celery_publish("process_payment_webhook", 1) is True
-    assert queueing.circuit.allows() is None, "a publish begun before the trip closed the circuit"
-
-
-def test_probe_that_began_after_the_trip_closes_the_circuit(settings: Any) -> None:
-    settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 0.05
-    queueing.circuit.trip()
-    time.sleep(0.06)
-    with mock.patch.object(app, "send_task") as send:
-        assert queueing._celery_publish("process_payment_webhook", 1) is True  # the half-open probe
     assert send.call_args.kwargs["ignore_result"] is True
-    settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 60
-    assert not queueing.circuit.is_open()
-    assert queueing.circuit.allows() is not None
+    with mock.patch.object(app, "send_task") as send:
+        assert queueing._celery_publish("process_payment_webhook", 2) is False, \
+            "a publish begun before the trip closed the circuit"
+    send.assert_not_called()
 
 
 def test_probe_overtaken_by_a_newer_trip_leaves_the_circuit_open(settings: Any) -> None:
     settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 0.05
     queueing.circuit.trip()
     time.sleep(0.06)
-    ticket = queueing.circuit.allows()
-    assert ticket is not None
-    settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 60
-    queueing.circuit.trip()  # another probe failed while this one was in flight
-    queueing.circuit.succeeded(ticket)
-    assert queueing.circuit.allows() is None
+    release = threading.Event()
+
+    def slow_probe() -> None:
+        release.wait(5)  # the broker answers, but late
+
+    with mock.patch("payment.queueing.broker_reachable", side_effect=slow_probe):
+        assert queueing.circuit.begin() is None  # starts the probe
+        settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS = 60
+        queueing.circuit.trip()  # a publish that began before the probe failed meanwhile
+        release.set()
+        _wait_probe_done()
+    assert queueing.circuit.is_open(), "a probe older than the latest trip closed the circuit"
+
+
+def test_publish_hanging_on_the_broker_sends_the_others_to_django_q() -> None:
+    """A hung broker (black-holed port): while one publish waits for its timeout, the others do not queue up
+    behind it for the whole timeout; they skip Celery at once, without tripping the circuit."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_send(*args: Any, **kwargs: Any) -> None:
+        entered.set()
+        release.wait(5)
+
+    with mock.patch.object(app, "send_task", side_effect=hanging_send) as send:
+        first = threading.Thread(target=queueing._celery_publish, args=("process_payment_webhook", 1))
+        first.start()
+        try:
+            assert entered.wait(5)
+            time.sleep(queueing._HANGING_AFTER_SECONDS + 0.02)
+            started = time.monotonic()
+            assert queueing._celery_publish("process_payment_webhook", 2) is False
+            assert time.monotonic() - started < 0.05
+            assert send.call_count == 1
+        finally:
+            release.set()
+            first.join()
+    assert not queueing.circuit.is_open()  # the hung publish succeeded in the end: nothing tripped
+    with mock.patch.object(app, "send_task") as send:
+        assert queueing._celery_publish("process_payment_webhook", 3) is True
 
 
 # --- the sweep never takes over a fresh claim -----------------------------------------------------------------
