@@ -243,22 +243,12 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
     except (DatabaseError, InterfaceError) as exc:
         # Release the claim so the caller's retry (seconds away) can take it, not the sweep in 15 minutes.
         # Where the database refuses even that, the claim keeps our token and that retry retakes it.
-        _event_release_after_db_error(event_id, f"database error: {type(exc).__name__}: {exc}", claim=claim)
-        raise
-
-
-def _event_release_after_db_error(event_id: int, error: str, *, claim: str) -> None:
-    for attempt in range(2):
         try:
-            _event_fail(event_id, error, claim=claim)
-            return
-        except (DatabaseError, InterfaceError) as exc:
-            if attempt or transaction.get_connection().in_atomic_block:
-                logger.warning("claim not released: the retry retakes it by its token",
-                               extra={"event_id": event_id, "error": f"{type(exc).__name__}: {exc}"})
-                return
-            # The error usually broke this connection; a new one succeeds when the database is back.
-            transaction.get_connection().close()
+            _event_fail(event_id, f"database error: {type(exc).__name__}: {exc}", claim=claim, reconnect=True)
+        except (DatabaseError, InterfaceError) as release_error:
+            logger.warning("claim not released: the retry retakes it by its token",
+                           extra={"event_id": event_id, "error": f"{type(release_error).__name__}: {release_error}"})
+        raise
 
 
 def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None) -> str:
@@ -279,11 +269,23 @@ def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment:
     return status
 
 
-def _event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str, Any] | None = None) -> None:
-    """Give up this attempt's claim (only if it is still ours): the event is `failed` and claimable again."""
-    released = WebhookEvent.objects.filter(pk=event_id, status=EventStatus.PROCESSING, claim_token=claim).update(
-        status=EventStatus.FAILED, claim_token="", last_error=error[:2000], updated_at=timezone.now()
-    )
+def _event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str, Any] | None = None,
+                reconnect: bool = False) -> None:
+    """Give up this attempt's claim (only if it is still ours): the event is `failed` and claimable again.
+    With `reconnect`, a database error gets one more try on a new connection (the error that made us
+    release usually broke this one); the second error is raised."""
+    def release() -> int:
+        return WebhookEvent.objects.filter(pk=event_id, status=EventStatus.PROCESSING, claim_token=claim).update(
+            status=EventStatus.FAILED, claim_token="", last_error=error[:2000], updated_at=timezone.now())
+
+    try:
+        released = release()
+    except (DatabaseError, InterfaceError):
+        connection = transaction.get_connection()
+        if not reconnect or connection.in_atomic_block:
+            raise
+        connection.close()
+        released = release()
     logger.warning("webhook attempt failed", extra={"event_id": event_id, **(log_fields or {}), "error": error,
                                                     "claim_released": bool(released)})
 
