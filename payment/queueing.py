@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timedelta
@@ -78,6 +79,13 @@ class _BrokerCircuit:
             self._open_until = 0.0
             self._inflight.clear()
 
+    def after_fork(self) -> None:
+        """In a forked child (Celery's prefork pool) no thread of the parent runs: its publishes in flight
+        and its probe would look hung or busy for ever, so the child starts from a clean circuit."""
+        self._lock = threading.Lock()
+        self._inflight.clear()
+        self._probing = False
+
     def _trip(self) -> None:
         self._generation += 1
         self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
@@ -106,6 +114,7 @@ class _BrokerCircuit:
 
 
 circuit = _BrokerCircuit()
+os.register_at_fork(after_in_child=circuit.after_fork)
 
 SWEEPABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
              EventStatus.UNMATCHED)

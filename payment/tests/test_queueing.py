@@ -412,3 +412,33 @@ def test_sweep_dispatch_still_takes_stale_and_due_rows(client: Client, settings:
         with mock.patch("payment.queueing._celery_publish", return_value=True):
             assert queueing.event_dispatch(event.pk, path="sweep") == "celery", fields
         assert WebhookEvent.objects.get(pk=event.pk).status == EventStatus.QUEUED
+
+
+def test_forked_child_starts_from_a_clean_circuit() -> None:
+    """A prefork child inherits the parent's bookkeeping but none of its threads: a publish or a probe the
+    parent had in flight must not make the child skip Celery for ever."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_send(*args: Any, **kwargs: Any) -> None:
+        entered.set()
+        release.wait(5)
+
+    with mock.patch.object(app, "send_task", side_effect=hanging_send):
+        parent_publish = threading.Thread(target=queueing._celery_publish, args=("process_payment_webhook", 1))
+        parent_publish.start()
+        try:
+            assert entered.wait(5)
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: no thread of the parent runs here
+                time.sleep(queueing._HANGING_AFTER_SECONDS + 0.02)
+                os.write(write, b"1" if queueing.circuit.begin() is not None else b"0")
+                os._exit(0)
+            os.close(write)
+            answer = os.read(read, 1)
+            os.waitpid(pid, 0)
+            os.close(read)
+        finally:
+            release.set()
+            parent_publish.join()
+    assert answer == b"1", "the child saw the parent's publish as its own hung one"
