@@ -154,6 +154,8 @@ def run_open_loop(*, base_url: str, reqs: Sequence[Req], rate: float, connection
         "errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "latency_ms": summarize(latencies),
+        # The first request due: after a fault, the one that finds out (a cold pool, a dead broker).
+        "first_ms": round(min(records)[1] * 1000.0 - min(records)[0] * 1000.0, 2) if records else None,
         "curve": [[float(p), round(float(np.percentile(latencies, p)), 3)] for p in PERCENTILES]
         if len(latencies) else [],
         "per_second": [[float(i), float(c)] for i, c in enumerate(counts)][:-1] or

@@ -38,6 +38,11 @@ def _lat(run: dict[str, Any] | None) -> str:
     return f"{_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['p99'])}"
 
 
+def _result_backend_runs(down: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    backend = down.get("result_backend") or {}
+    return [(mode, backend[mode]) for mode in ("stopped", "blackholed") if backend.get(mode)]
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each goal of issue 6 with its measured value and whether it is met."""
     out: list[dict[str, Any]] = []
@@ -64,6 +69,15 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("Redis stopped: no 5xx, p99 <= 100 ms at 100 req/s", run["latency_ms"]["p99"],
             fivexx == 0 and run["latency_ms"]["p99"] <= GOAL_REDIS_DOWN_P99,
             f"p99 {_f(run['latency_ms']['p99'])} ms, {fivexx} 5xx")
+    for mode, backend_run in _result_backend_runs(down):
+        p99 = backend_run["latency_ms"]["p99"]
+        handed = backend_run.get("django_q_tasks_enqueued") == backend_run.get("events_stored")
+        add(f"Redis {mode}, result backend on it: no 5xx, p99 <= 100 ms at {_f(backend_run['target_rps'], 0)} "
+            "req/s, all to Django Q", p99,
+            backend_run["errors"] == 0 and p99 <= GOAL_REDIS_DOWN_P99 and handed,
+            f"p99 {_f(p99)} ms, first {_f(backend_run.get('first_ms'))} ms, max "
+            f"{_f(backend_run['latency_ms']['max'])} ms, {backend_run['errors_5xx']} 5xx, "
+            f"{backend_run.get('django_q_tasks_enqueued')}/{backend_run.get('events_stored')} to Django Q")
     e2e = results.get("e2e") or {}
     if e2e:
         sustained = e2e["ingest"]["rps"]
@@ -145,6 +159,18 @@ def tables(results: dict[str, Any]) -> str:
                          f"{rate['errors'] if rate else '-'} ({rate['errors_5xx'] if rate else '-'}) |")
         lines += ["", f"Events stored while Redis was down: {down['events_stored']}; Django Q tasks enqueued for "
                       f"them: {down['django_q_tasks_enqueued']}.", ""]
+        backend_runs = _result_backend_runs(down)
+        if backend_runs:
+            lines += [f"With the result backend on the same Redis (`CELERY_RESULT_BACKEND="
+                      f"{down['result_backend'].get('result_backend', '')}`), web restarted with it and warmed "
+                      "while Redis was up, then Redis stopped or black-holed (accepts, never answers):", "",
+                      "| Redis | req/s | first request ms | p50 / p95 / p99 ms | max ms | errors (5xx) | "
+                      "stored / to Django Q |", "|---|---|---|---|---|---|---|"]
+            for mode, run in backend_runs:
+                lines.append(f"| {mode} | {_f(run['target_rps'], 0)} | {_f(run.get('first_ms'))} | {_lat(run)} | "
+                             f"{_f(run['latency_ms']['max'])} | {run['errors']} ({run['errors_5xx']}) | "
+                             f"{run.get('events_stored')} / {run.get('django_q_tasks_enqueued')} |")
+            lines.append("")
     e2e = results.get("e2e")
     if e2e:
         noop = e2e["noop_rate"]

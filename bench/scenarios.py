@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ class Sizes:
     saturation_pool: int
     redis_down_saturation_s: float
     redis_down_rate: int
+    redis_down_backend_rate: int
     e2e_low_rate: int
     e2e_low_seconds: float
     e2e_count: int
@@ -52,12 +54,14 @@ class Sizes:
 
 FULL = Sizes(warmup_s=3, repeats=3, saturation_s=8, connections=16, rate_s=10, rates=(100, 300),
              saturation_pool=15_000,
-             redis_down_saturation_s=10, redis_down_rate=100, e2e_low_rate=60, e2e_low_seconds=30,
+             redis_down_saturation_s=10, redis_down_rate=100, redis_down_backend_rate=50, e2e_low_rate=60,
+             e2e_low_seconds=30,
              e2e_count=20_000, e2e_rate=300, e2e_settle_timeout_s=180, backlog_count=3_000, noop_seconds=10,
              worker_concurrency=4, reconcile_count=100_000, reconcile_seeded_share=0.1, reconcile_budget_s=30)
 SMOKE = Sizes(warmup_s=0.5, repeats=1, saturation_s=2, connections=8, rate_s=1.5, rates=(100, 300),
               saturation_pool=3_000,
-              redis_down_saturation_s=1, redis_down_rate=100, e2e_low_rate=50, e2e_low_seconds=1,
+              redis_down_saturation_s=1, redis_down_rate=100, redis_down_backend_rate=50, e2e_low_rate=50,
+              e2e_low_seconds=1,
               e2e_count=200, e2e_rate=100,
               e2e_settle_timeout_s=60, backlog_count=100, noop_seconds=1, worker_concurrency=2,
               reconcile_count=2_000, reconcile_seeded_share=0.1, reconcile_budget_s=5)
@@ -93,6 +97,36 @@ E2E_ROLES = {"web": "web", "celery": "worker", "qcluster": "qcluster", "sandbox"
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class BlackHole:
+    """A port that accepts TCP connections and never answers: a hung Redis, or a firewall that lets the
+    handshake through. Connections are held open until `close()`."""
+
+    def __init__(self, port: int) -> None:
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port))
+        self._listener.listen(1024)
+        self._listener.settimeout(0.2)
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="black-hole", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._held.append(self._listener.accept()[0])
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+        self._listener.close()
 
 
 class Bench:
@@ -244,7 +278,53 @@ class Bench:
             self.stack.start_web()
         return {"saturation": saturation, f"rate_{s.redis_down_rate}": rate,
                 "django_q_tasks_enqueued": (after_row[0] if after_row else 0) - before,
-                "events_stored": stored_row[0] if stored_row else 0}
+                "events_stored": stored_row[0] if stored_row else 0,
+                "result_backend": self._redis_down_result_backend()}
+
+    def _redis_down_result_backend(self) -> dict[str, Any]:
+        """The configuration users copy: broker AND result backend on the one Redis, which then dies, either
+        stopped (connection refused) or black-holed (accepts connections, never answers). The web workers
+        first publish while Redis is up, so their pools (and, before the fix, result subscriptions) are live."""
+        s = self.sizes
+        path = "/payment/webhooks/paystack/"
+        warm_n, rate_n = 40, int(s.redis_down_backend_rate * s.rate_s)
+        backend = f"redis://127.0.0.1:{self.stack.ports.redis}/2"
+        results: dict[str, Any] = {"result_backend": backend}
+        for mode in ("stopped", "blackholed"):
+            prefix = f"RB{mode[0].upper()}"
+            reqs = payloads.signed_requests(payloads.payments_create(prefix, warm_n + rate_n))
+            self.stack.stop("web")
+            self.stack.start_web(CELERY_RESULT_BACKEND=backend)
+            self._open("web", path, reqs[:warm_n], 20)
+            queued_before = self._count("SELECT count(*) FROM django_q_ormq")
+            log(f"redis down, result backend on it ({mode}): stopping the bench's private redis-server")
+            self.stack.stop("redis")
+            hole = BlackHole(self.stack.ports.redis) if mode == "blackholed" else None
+            try:
+                rate = self._open("web", path, reqs[warm_n:], s.redis_down_backend_rate)
+                time.sleep(2.0)
+                rate["django_q_tasks_enqueued"] = self._count("SELECT count(*) FROM django_q_ormq") - queued_before
+                rate["events_stored"] = self._count(
+                    "SELECT count(*) FROM payment_webhookevent WHERE reference LIKE %s", [f"{prefix}-%"]) - warm_n
+            finally:
+                if hole is not None:
+                    hole.close()
+                self.stack.start_redis()
+            log(f"redis {mode}, result backend on it, {s.redis_down_backend_rate} req/s: first "
+                f"{rate['first_ms']} ms, p50 {rate['latency_ms']['p50']} ms, p99 {rate['latency_ms']['p99']} ms, "
+                f"max {rate['latency_ms']['max']} ms, errors {rate['errors']} 5xx {rate['errors_5xx']}, "
+                f"Django Q {rate['django_q_tasks_enqueued']} of {rate['events_stored']} stored")
+            results[mode] = rate
+        self.stack.stop("web")
+        self.stack.start_web()  # what follows runs on the configuration without a result backend
+        return results
+
+    @staticmethod
+    def _count(sql: str, params: Sequence[Any] = ()) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return int(row[0]) if row else 0
 
     # --- 4 + 6: end to end, the no-op reference, memory -------------------------------------------------
     def e2e(self) -> dict[str, Any]:

@@ -195,9 +195,10 @@ class Stack:
                                str(self.ports.sandbox), "--no-access-log", "--log-level", "warning"])
         self.wait_http(f"http://127.0.0.1:{self.ports.sandbox}/_sandbox/health", "sandbox")
 
-    def start_web(self) -> None:
+    def start_web(self, **extra_env: str) -> None:
         self.start("web", [str(VENV_BIN / "gunicorn"), "payshift.wsgi:application", "--bind",
-                           f"127.0.0.1:{self.ports.web}", *GUNICORN_FLAGS])
+                           f"127.0.0.1:{self.ports.web}", *GUNICORN_FLAGS],
+                   env={**self.env, **extra_env} if extra_env else None)
         self.wait_http(f"http://127.0.0.1:{self.ports.web}/healthz", "web")
 
     def start_worker(self, concurrency: int) -> None:

@@ -60,6 +60,9 @@ def stack_env(run: Path, pg: PrivatePostgres, redis: PrivateRedis, web: int, san
     values = {
         "DATABASE_URL": pg.url,
         "CELERY_BROKER_URL": redis.url,
+        # As production configures it: results on the same Redis, so stopping Redis takes both away
+        # (docs/reliability.md "Redis down with a result backend").
+        "CELERY_RESULT_BACKEND": redis.db_url(1),
         "PAYSHIFT_ENV_FILE": str(run / "no.env"),  # never read the developer's .env
         "PAYSHIFT_VAR_DIR": str(run / "var"),
         "PAYMENT_LOG_FILE": str(run / "payment.log"),

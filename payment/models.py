@@ -122,6 +122,9 @@ class WebhookEvent(models.Model):
     mode = models.CharField(max_length=4, choices=Mode.choices, blank=True, default="")
     status = models.CharField(max_length=16, choices=EventStatus.choices, default=EventStatus.RECEIVED)
     dispatched_via = models.CharField(max_length=16, blank=True, default="")
+    # Who holds a `processing` claim (the Celery task id, or the token a Django Q retry chain carries): that
+    # holder's retry may retake it at once when a database error prevented releasing it; nobody else may.
+    claim_token = models.CharField(max_length=64, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 
 from . import queueing, services
@@ -14,11 +17,22 @@ from .models import Heartbeat
 
 logger = logging.getLogger("payment.q_tasks")
 
+# The Celery task's database policy (payment/tasks.py); an in-process wait stays far below Q_CLUSTER timeout.
+DB_ERRORS = (OperationalError, InterfaceError)
+DB_RETRIES = 10
+IN_PROCESS_WAIT_MAX_SECONDS = 5.0
 
-def process_payment_webhook_q(event_id: int, attempt: int = 0) -> str:
-    """Process an event; on a transient failure schedule the next try, and give up (dead) at the limit."""
+
+def process_payment_webhook_q(event_id: int, attempt: int = 0, retake: str = "", db_attempt: int = 0) -> str:
+    """Process an event; on a transient failure schedule the next try, and give up (dead) at the limit.
+
+    `attempt` counts gateway failures (they end in `dead`), `db_attempt` database errors (they never do);
+    `retake` is the claim token of the attempt a database error interrupted (see webhook_event_process)."""
+    claim = uuid.uuid4().hex
     try:
-        return services.webhook_event_process(event_id, via="django_q")
+        return services.webhook_event_process(event_id, via="django_q", claim=claim, retake=retake)
+    except DB_ERRORS as exc:
+        return _database_retry(event_id, attempt=attempt, retake=claim, db_attempt=db_attempt, error=exc)
     except TransientGatewayError as exc:
         if attempt >= settings.PAYSHIFT_Q_MAX_RETRIES:
             services.event_mark_dead(event_id, f"retries exhausted (celery and django q): {exc}")
@@ -28,6 +42,26 @@ def process_payment_webhook_q(event_id: int, attempt: int = 0) -> str:
         services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=delay))
         queueing.event_hand_to_django_q(event_id, attempt=attempt + 1, delay_seconds=delay)
         return "retry_scheduled"
+
+
+def _database_retry(event_id: int, *, attempt: int, retake: str, db_attempt: int, error: Exception) -> str:
+    """The Celery task's policy for a database that went away: retry with backoff, holding on to the claim,
+    and never drop the event. Normally a Schedule row carries the retry; when the database refuses that
+    too, this worker waits (briefly: the cluster cannot take work without its ORM broker anyway)."""
+    if db_attempt >= DB_RETRIES:
+        logger.error("database retries exhausted; the sweep will retry",
+                     extra={"event_id": event_id, "error": f"{type(error).__name__}: {error}"})
+        return "left_for_sweep"
+    delay = services.backoff_seconds(min(db_attempt, 5), base_seconds=1.0, max_seconds=30.0)
+    if not connection.in_atomic_block:
+        close_old_connections()  # drop the connection the error broke; the next query opens a new one
+    if queueing.event_hand_to_django_q(event_id, attempt=attempt, delay_seconds=delay, retake=retake,
+                                       db_attempt=db_attempt + 1):
+        logger.warning("database error, retry scheduled", extra={"event_id": event_id, "delay": round(delay, 1),
+                                                                 "error": f"{type(error).__name__}: {error}"})
+        return "db_retry_scheduled"
+    time.sleep(min(delay, IN_PROCESS_WAIT_MAX_SECONDS))
+    return process_payment_webhook_q(event_id, attempt, retake, db_attempt + 1)
 
 
 def verify_payment_status(payment_id: int) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from . import metrics
@@ -17,59 +20,152 @@ from .models import EventStatus, WebhookEvent
 logger = logging.getLogger("payment.queueing")
 
 
+# A healthy broker takes a publish in about a millisecond. One that has been in flight this long means the
+# broker hangs (a black-holed port, a stopped process): other requests go to Django Q instead of queueing up
+# behind it for the whole publish timeout (bench/ scenario 3, "blackholed").
+_HANGING_AFTER_SECONDS = 0.05
+
+
 class _BrokerCircuit:
     """After a failed publish, skip Celery for a few seconds: a dead broker costs one timeout, not one
-    per request, so the webhook endpoint keeps answering fast (issue: Redis stopped -> still 200 quickly)."""
+    per request, so the webhook endpoint keeps answering fast (issue: Redis stopped -> still 200 quickly).
+
+    When the window is over, a background probe (not a webhook) asks the broker; only a probe that began
+    after the latest trip may close the circuit. A slow publish that started before the broker died and
+    happened to succeed afterwards changes nothing (payment/tests/test_queueing.py)."""
 
     def __init__(self) -> None:
-        self._open_until = 0.0
         self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._generation = 0  # every trip and reset moves it on: a probe's answer counts only within its own
+        self._probing = False
+        self._inflight: dict[int, float] = {}
+        self._tickets = itertools.count(1)
 
-    def allows(self) -> bool:
-        if not self._open_until:
-            return True  # closed: the hot path takes no lock
+    def begin(self) -> int | None:
+        """Before a publish: None to skip the broker, else a ticket to hand to `end()`."""
+        now = time.monotonic()
         with self._lock:
-            now = time.monotonic()
-            if now < self._open_until:
-                return False
-            # Half-open: this caller probes the broker and the window re-arms for everyone else, so a dead
-            # broker (redis-py retries a refused connect for ~2 s) stalls one request per window, not every
-            # thread of the web worker at once (bench/, issue 6). Success closes it (reset), failure trips it.
-            self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
-            return True
+            if self._open_until:
+                if now < self._open_until:
+                    return None
+                # Half-open: re-arm the window for everyone and let a background probe decide; no webhook
+                # waits on a broker that is probably still dead.
+                self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+                self._probe_start()
+                return None
+            if any(now - started > _HANGING_AFTER_SECONDS for started in self._inflight.values()):
+                return None
+            ticket = next(self._tickets)
+            self._inflight[ticket] = now
+            return ticket
+
+    def end(self, ticket: int, *, ok: bool) -> None:
+        with self._lock:
+            self._inflight.pop(ticket, None)
+            if not ok:
+                self._trip()
+
+    def is_open(self) -> bool:
+        return bool(self._open_until) and time.monotonic() < self._open_until
 
     def trip(self) -> None:
         with self._lock:
-            self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+            self._trip()
 
     def reset(self) -> None:
         with self._lock:
+            self._generation += 1
             self._open_until = 0.0
+            self._inflight.clear()
 
-    def succeeded(self) -> None:
-        """A publish went through: after a trip that was the probe, so the circuit closes."""
-        if self._open_until:
-            self.reset()
+    def after_fork(self) -> None:
+        """In a forked child (Celery's prefork pool) no thread of the parent runs: its publishes in flight
+        and its probe would look hung or busy for ever, so the child starts from a clean circuit."""
+        self._lock = threading.Lock()
+        self._inflight.clear()
+        self._probing = False
+
+    def _trip(self) -> None:
+        self._generation += 1
+        self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+
+    def _probe_start(self) -> None:
+        if self._probing:
+            return
+        self._probing = True
+        threading.Thread(target=self._probe, args=(self._generation,), name="broker-probe", daemon=True).start()
+
+    def _probe(self, generation: int) -> None:
+        try:
+            broker_reachable()
+            reachable = True
+        except Exception:
+            reachable = False
+        with self._lock:
+            self._probing = False
+            if generation != self._generation:
+                return  # tripped (or reset) while probing: this answer is older than what we know
+            if reachable:
+                self._open_until = 0.0
+                logger.info("broker reachable again: publishing to Celery")
+            else:
+                self._trip()
 
 
 circuit = _BrokerCircuit()
+os.register_at_fork(after_in_child=circuit.after_fork)
 
 SWEEPABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
              EventStatus.UNMATCHED)
 
 
+def sweep_due(now: datetime) -> Q:
+    """Events the periodic sweep re-dispatches: what a lost publish, a dead worker or a lost retry left.
+    `queued` rows are in a broker already, and `processing` ones belong to a worker until they are stale."""
+    stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
+    stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    return (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
+            | Q(status__in=[EventStatus.QUEUED, EventStatus.PROCESSING], updated_at__lt=stuck)
+            | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
+            | Q(status=EventStatus.FAILED, next_attempt_at__isnull=True, updated_at__lt=stuck))
+
+
+def _sweep_takeable(now: datetime) -> Q:
+    """What the sweep may move back to `queued`, checked in the UPDATE itself: a worker that claimed the row
+    since the sweep's query ran has refreshed `updated_at`, so the row no longer matches and stays its own.
+    Unmatched events are retried when due (services.pending_payments_check step 2)."""
+    return sweep_due(now) | (Q(status=EventStatus.UNMATCHED)
+                             & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)))
+
+
+def broker_reachable() -> None:
+    """One bounded round trip to the broker, or an exception: connect without kombu's retries (it sleeps 2 s
+    before a second try) and open a channel, which on Redis sends a PING; the transport's socket timeouts
+    (payshift/settings.py) bound each step, so a black-holed port fails too instead of passing the connect."""
+    from payshift.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=0, timeout=settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)
+        conn.default_channel  # noqa: B018 (opening it is the check)
+
+
 def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
-    if not circuit.allows():
+    ticket = circuit.begin()
+    if ticket is None:
         return False
     from payshift.celery import app
 
     try:
-        app.send_task(task_name, args=list(args), retry=False, **options)
+        # ignore_result: send_task does not know the task's own ignore_result, and with a result backend it
+        # would subscribe to the result (Redis pub/sub) before publishing. On a dead Redis that subscribe
+        # retries for ~19 s (celery.backends.redis ResultConsumer.reconnect_on_error). Nobody reads results.
+        app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, redis errors...)
-        circuit.trip()
+        circuit.end(ticket, ok=False)
         logger.warning("celery publish failed", extra={"task": task_name, "error": f"{type(exc).__name__}: {exc}"})
         return False
-    circuit.succeeded()
+    circuit.end(ticket, ok=True)
     return True
 
 
@@ -90,8 +186,9 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
     if path == "sweep":
         # Mark it queued BEFORE publishing, and only from a state the sweep may take it from: a worker that
         # finishes first must never have its `processed` overwritten.
-        moved = WebhookEvent.objects.filter(pk=event_id, status__in=SWEEPABLE).update(
-            status=EventStatus.QUEUED, updated_at=timezone.now())
+        now = timezone.now()
+        moved = WebhookEvent.objects.filter(_sweep_takeable(now), pk=event_id, status__in=SWEEPABLE).update(
+            status=EventStatus.QUEUED, updated_at=now)
         if not moved:
             return "none"
     taken = "none"
@@ -110,21 +207,27 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
     return taken
 
 
-def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: float = 0.0) -> bool:
-    """Celery gave up on a transient failure: Django Q takes over with a longer schedule."""
+def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: float = 0.0, retake: str = "",
+                           db_attempt: int = 0) -> bool:
+    """Celery gave up on a transient failure, or a Django Q attempt met a database error: Django Q takes
+    over (again) with a longer schedule. `retake`/`db_attempt` carry a database retry's claim and count."""
+    args: list[Any] = [int(event_id), int(attempt)]
+    if retake or db_attempt:
+        args += [str(retake), int(db_attempt)]
     if delay_seconds <= 0:
-        return _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", event_id, attempt,
-                                 task_name=f"event-{event_id}-q{attempt}")
+        return _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", *args,
+                                 task_name=f"event-{event_id}-q{attempt}" + (f"-db{db_attempt}" if db_attempt else ""))
     from django_q.models import Schedule
 
     try:
         Schedule.objects.create(
             func="payment.q_tasks.process_payment_webhook_q",
-            args=f"{int(event_id)},{int(attempt)}",
+            # Django Q evaluates this string as a literal tuple; repr() quotes the (hex) token safely.
+            args=",".join(repr(a) for a in args),
             schedule_type=Schedule.ONCE,
             repeats=1,
             next_run=timezone.now() + timedelta(seconds=delay_seconds),
-            name=f"event-{event_id}-retry-{attempt}",
+            name=f"event-{event_id}-retry-{attempt}" + (f"-db{db_attempt}" if db_attempt else ""),
         )
     except Exception as exc:
         logger.error("django q schedule failed", extra={"event_id": event_id, "error": str(exc)})

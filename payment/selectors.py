@@ -93,16 +93,20 @@ def readiness() -> dict[str, dict[str, Any]]:
 
 
 def _broker_state() -> dict[str, Any]:
-    from payshift.celery import app
+    """One bounded round trip; none while the publish circuit is open. A probe that waited out kombu's retry
+    interval (2 s) or a socket with no timeout would fail the load balancer's own probe timeout and hold a
+    web thread while the broker is dead (payment/tests/test_queueing.py)."""
+    from .queueing import broker_reachable, circuit
 
-    url = settings.CELERY_BROKER_URL
-    transport = url.split("://", 1)[0]
+    transport = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    if circuit.is_open():
+        return {"ok": False, "transport": transport, "error": "circuit_open"}
     try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)
-        return {"ok": True, "transport": transport}
+        broker_reachable()
     except Exception as exc:
+        circuit.trip()  # the next webhook need not find out the same way
         return {"ok": False, "transport": transport, "error": type(exc).__name__}
+    return {"ok": True, "transport": transport}
 
 
 # --- what a customer may see ------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ import dataclasses
 import hashlib
 import logging
 import random
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -193,30 +194,39 @@ def _log_fields(parsed: base.ParsedEvent) -> dict[str, Any]:
 _CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.UNMATCHED)
 
 
-def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> str:
+def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim: str = "",
+                          retake: str = "") -> str:
     """Process one stored event; safe to run twice or concurrently. Returns the event's status.
 
-    Raises base.TransientGatewayError when a retry can fix it (the caller owns the retry policy).
+    `claim` is this attempt's token (new for every attempt; generated when empty). `retake` is the token of
+    the attempt this one retries: it may take back a claim that a database error kept from being released.
+    Raises base.TransientGatewayError when a retry can fix it, and database errors (the claim released when
+    the database allows it); the caller owns the retry policy and hands `claim` to its retry as `retake`.
     """
+    claim = claim or uuid.uuid4().hex
     statuses = [*_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else _CLAIMABLE
-    # A `processing` event belongs to the worker running it; only a stale claim (that worker died, or a
-    # redelivery after a kill) is taken over, so duplicate messages never verify in parallel.
+    # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
+    # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
+    # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
     stuck = timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
+    if retake:
+        claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
     if force:
         claimable |= Q(status=EventStatus.PROCESSING)
     claimed = WebhookEvent.objects.filter(claimable, pk=event_id).update(
-        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, updated_at=timezone.now()
+        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, claim_token=claim,
+        updated_at=timezone.now()
     )
     if not claimed:
         # Already processed, ignored or dead (or unknown): "already applied" is a no-op (design.md 4.4).
         current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
         return current or "missing"
-    event = WebhookEvent.objects.get(pk=event_id)
-    handler = _EVENT_HANDLERS.get(event.kind)
-    if handler is None:
-        return _event_finish(event, EventStatus.IGNORED)
     try:
+        event = WebhookEvent.objects.get(pk=event_id)
+        handler = _EVENT_HANDLERS.get(event.kind)
+        if handler is None:
+            return _event_finish(event, EventStatus.IGNORED)
         return handler(event)
     except base.TransientGatewayError as exc:
         metrics.EVENTS_FAILED.labels(event.gateway, "true").inc()
@@ -224,12 +234,22 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False) -> st
             # A ceiling across every path (Celery, Django Q, sweep), so nothing retries for ever unseen.
             event_mark_dead(event.pk, f"gave up after {event.attempts} attempts: {exc}")
             return EventStatus.DEAD
-        _event_fail(event, str(exc))
+        _event_fail(event_id, str(exc), claim=claim, log_fields={"gateway": event.gateway,
+                                                                 "reference": event.reference})
         raise
     except (base.PermanentGatewayError, base.InvalidPayloadError) as exc:
         metrics.EVENTS_FAILED.labels(event.gateway, "false").inc()
         event_mark_dead(event.pk, f"permanent: {exc}")
         return EventStatus.DEAD
+    except (DatabaseError, InterfaceError) as exc:
+        # Release the claim so the caller's retry (seconds away) can take it, not the sweep in 15 minutes.
+        # Where the database refuses even that, the claim keeps our token and that retry retakes it.
+        try:
+            _event_fail(event_id, f"database error: {type(exc).__name__}: {exc}", claim=claim, reconnect=True)
+        except (DatabaseError, InterfaceError) as release_error:
+            logger.warning("claim not released: the retry retakes it by its token",
+                           extra={"event_id": event_id, "error": f"{type(release_error).__name__}: {release_error}"})
+        raise
 
 
 def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None) -> str:
@@ -250,12 +270,25 @@ def _event_finish(event: WebhookEvent, status: str, *, error: str = "", payment:
     return status
 
 
-def _event_fail(event: WebhookEvent, error: str) -> None:
-    WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.PROCESSING).update(
-        status=EventStatus.FAILED, last_error=error[:2000], updated_at=timezone.now()
-    )
-    logger.warning("webhook attempt failed", extra={"event_id": event.pk, "gateway": event.gateway,
-                                                    "reference": event.reference, "error": error})
+def _event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str, Any] | None = None,
+                reconnect: bool = False) -> None:
+    """Give up this attempt's claim (only if it is still ours): the event is `failed` and claimable again.
+    With `reconnect`, a database error gets one more try on a new connection (the error that made us
+    release usually broke this one); the second error is raised."""
+    def release() -> int:
+        return WebhookEvent.objects.filter(pk=event_id, status=EventStatus.PROCESSING, claim_token=claim).update(
+            status=EventStatus.FAILED, claim_token="", last_error=error[:2000], updated_at=timezone.now())
+
+    try:
+        released = release()
+    except (DatabaseError, InterfaceError):
+        connection = transaction.get_connection()
+        if not reconnect or connection.in_atomic_block:
+            raise
+        connection.close()
+        released = release()
+    logger.warning("webhook attempt failed", extra={"event_id": event_id, **(log_fields or {}), "error": error,
+                                                    "claim_released": bool(released)})
 
 
 def event_schedule_retry(event_id: int, at: Any) -> None:
@@ -718,8 +751,11 @@ def _refund_events_release(payment_id: int) -> None:
     from . import queueing
 
     waiting = WebhookEvent.objects.filter(kind=EventKind.REFUND, status=EventStatus.UNMATCHED,
-                                          payment_id=payment_id).values_list("pk", flat=True)
-    for event_id in list(waiting[:100]):
+                                          payment_id=payment_id)
+    event_ids = list(waiting.values_list("pk", flat=True)[:100])
+    # Due now: the sweep's own dispatch takes an unmatched event only once its retry time has come.
+    WebhookEvent.objects.filter(pk__in=event_ids, status=EventStatus.UNMATCHED).update(next_attempt_at=timezone.now())
+    for event_id in event_ids:
         queueing.event_dispatch(event_id, path="sweep")
 
 
@@ -1113,11 +1149,8 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
     # in a broker already, so they wait longer: re-publishing a backlog every minute would only add load.
     stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
     stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
-    sweep_q = (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
-               | Q(status__in=[EventStatus.QUEUED, EventStatus.PROCESSING], updated_at__lt=stuck)
-               | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
-               | Q(status=EventStatus.FAILED, next_attempt_at__isnull=True, updated_at__lt=stuck))
-    for event_id in _ids_in_batches(WebhookEvent.objects.filter(sweep_q)):
+    # event_dispatch(path="sweep") re-checks the same condition in its UPDATE (a worker may claim meanwhile).
+    for event_id in _ids_in_batches(WebhookEvent.objects.filter(queueing.sweep_due(now))):
         if out_of_time():
             break
         queueing.event_dispatch(event_id, path="sweep")

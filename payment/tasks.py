@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -24,16 +25,19 @@ DB_RETRIES = 10
 
 
 @shared_task(name="process_payment_webhook", bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
-def process_payment_webhook(self: Task[Any, Any], event_id: int) -> str:
+def process_payment_webhook(self: Task[Any, Any], event_id: int, retake: str = "") -> str:
+    claim = uuid.uuid4().hex
     try:
-        return services.webhook_event_process(event_id, via="celery")
+        return services.webhook_event_process(event_id, via="celery", claim=claim, retake=retake)
     except DB_ERRORS as exc:
-        # The database went away (restart, failover) mid-task: the row is intact, try again shortly. Past
-        # the limit the event is left `processing`, and the sweep re-dispatches it once it is stale.
+        # The database went away (restart, failover) mid-task: the row is intact and its claim released, or
+        # still held under `claim` where the database refused even that; the retry carries `claim`, so it
+        # takes the event at once either way. Past the limit the sweep re-dispatches it once it is stale.
         if self.request.retries >= DB_RETRIES:
+            logger.error("database retries exhausted; the sweep will retry", extra={"event_id": event_id})
             raise
         countdown = services.backoff_seconds(min(self.request.retries, 5), base_seconds=1.0, max_seconds=30.0)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise self.retry(args=(event_id,), kwargs={"retake": claim}, exc=exc, countdown=countdown) from exc
     except TransientGatewayError as exc:
         attempt = self.request.retries
         if attempt >= settings.PAYSHIFT_CELERY_MAX_RETRIES:

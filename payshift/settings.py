@@ -245,6 +245,16 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+if CELERY_RESULT_BACKEND and CELERY_RESULT_BACKEND.startswith(("redis://", "rediss://")):
+    # Results are never read (every publish passes ignore_result), but a configured Redis backend is still
+    # contacted by Celery code paths; its defaults would block a caller on a dead Redis: a 120 s socket
+    # timeout, no connect timeout, and 20 pub/sub reconnect tries 1 s apart (~19 s). Bound it like the
+    # broker, and fail at once instead of retrying (docs/reliability.md "Redis down with a result backend").
+    CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
+    CELERY_REDIS_SOCKET_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
+    CELERY_REDIS_RETRY_ON_TIMEOUT = False
+    CELERY_RESULT_BACKEND_ALWAYS_RETRY = False
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 0}}
 CELERY_BEAT_SCHEDULE = {
     "check-pending-payments": {
         "task": "check_pending_payments",
