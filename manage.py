@@ -9,6 +9,8 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "payshift.settings")
     from django.core.management import execute_from_command_line
 
+    import payshift.celery  # noqa: F401  (the Celery app commands and the Django Q cluster publish with)
+
     execute_from_command_line(sys.argv)
 
 

@@ -191,7 +191,7 @@ class Stack:
             return False
 
     def start_sandbox(self) -> None:
-        self.start("sandbox", [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port",
+        self.start("sandbox", [sys.executable, "-m", "payshift.sandbox", "--host", "127.0.0.1", "--port",
                                str(self.ports.sandbox), "--no-access-log", "--log-level", "warning"])
         self.wait_http(f"http://127.0.0.1:{self.ports.sandbox}/_sandbox/health", "sandbox")
 

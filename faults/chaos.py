@@ -119,7 +119,7 @@ class Run:
         # Every process runs a snapshot of the code taken now: edits made in the tree while the run goes on
         # (other people work there) cannot mix two versions of the models and the database schema.
         self.src = self.dir / "src"
-        for name in ("payment", "payshift", "sandbox"):
+        for name in ("payment", "payshift"):
             shutil.copytree(ROOT / name, self.src / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
         shutil.copy2(ROOT / "manage.py", self.src / "manage.py")
         self.env = stack_env(self.dir, self.pg, self.redis, self.web_port, self.sandbox_port)
@@ -160,7 +160,7 @@ class Run:
 
     def stack_up(self) -> None:
         py, s = sys.executable, self.supervisor
-        s.start("sandbox", [py, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(self.sandbox_port),
+        s.start("sandbox", [py, "-m", "payshift.sandbox", "--host", "127.0.0.1", "--port", str(self.sandbox_port),
                             "--seed", str(self.args.seed), "--no-access-log", "--log-level", "warning",
                             "--webhook-tries", "1"], self.env)
         s.start("web", [str(BIN / "gunicorn"), "payshift.wsgi:application", "--bind", f"127.0.0.1:{self.web_port}",

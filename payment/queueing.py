@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
@@ -143,9 +144,7 @@ def broker_reachable() -> None:
     """One bounded round trip to the broker, or an exception: connect without kombu's retries (it sleeps 2 s
     before a second try) and open a channel, which on Redis sends a PING; the transport's socket timeouts
     (payshift/settings.py) bound each step, so a black-holed port fails too instead of passing the connect."""
-    from payshift.celery import app
-
-    with app.connection_for_write() as conn:
+    with current_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=0, timeout=settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)
         conn.default_channel  # noqa: B018 (opening it is the check)
 
@@ -154,13 +153,13 @@ def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
     ticket = circuit.begin()
     if ticket is None:
         return False
-    from payshift.celery import app
-
     try:
         # ignore_result: send_task does not know the task's own ignore_result, and with a result backend it
         # would subscribe to the result (Redis pub/sub) before publishing. On a dead Redis that subscribe
         # retries for ~19 s (celery.backends.redis ResultConsumer.reconnect_on_error). Nobody reads results.
-        app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
+        # The host's own Celery app (current_app), never Payshift's: in a host project its worker consumes
+        # the default queue, with the host's broker settings.
+        current_app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, redis errors...)
         circuit.end(ticket, ok=False)
         logger.warning("celery publish failed", extra={"task": task_name, "error": f"{type(exc).__name__}: {exc}"})

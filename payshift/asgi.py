@@ -5,5 +5,6 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "payshift.settings")
+import payshift.celery  # noqa: F401  (its Celery app is the one webhooks are published with)
 
 application = get_asgi_application()

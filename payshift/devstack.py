@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     py = sys.executable
     venv_bin = Path(py).parent
-    stack.start("sandbox", [py, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(args.sandbox_port)])
+    stack.start("sandbox", [py, "-m", "payshift.sandbox", "--host", "127.0.0.1", "--port", str(args.sandbox_port)])
     stack.start("web", [str(venv_bin / "gunicorn"), "payshift.wsgi:application", "--bind",
                         f"127.0.0.1:{args.port}", "--workers", str(args.web_workers), "--threads", "4",
                         "--worker-class", "gthread", "--access-logfile", "-", "--graceful-timeout", "10"])

@@ -1,9 +1,10 @@
-"""WSGI entry point: `payshift.wsgi:application` (design.md section 2)."""
+"""WSGI entry point of the demo project: `payshift.wsgi:application`."""
 
 import os
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "payshift.settings")
+import payshift.celery  # noqa: F401  (its Celery app is the one webhooks are published with)
 
 application = get_wsgi_application()

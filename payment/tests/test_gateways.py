@@ -452,7 +452,7 @@ def sandbox() -> Iterator[tuple[Any, list[tuple[dict[str, str], bytes]]]]:
     """The sandbox app in-process, with this suite's keys; its webhooks are collected, not sent."""
     import warnings
 
-    from sandbox import SandboxConfig, create_app
+    from payshift.sandbox import SandboxConfig, create_app
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Starlette nudges towards httpx2 for its test client

@@ -1,6 +1,6 @@
 """Real processes: Celery workers on a real Redis, the Django Q cluster, PostgreSQL, and the sandbox as gateway.
 
-These tests start `celery -A payshift worker` / `manage.py qcluster` / `python -m sandbox` as subprocesses
+These tests start `celery -A payshift worker` / `manage.py qcluster` / `python -m payshift.sandbox` as subprocesses
 against the live test database, then kill and race them. They need PostgreSQL and Redis (fail under CI).
 """
 
@@ -123,7 +123,7 @@ def stack(tmp_path: Path, settings: Any) -> Iterator[dict[str, Any]]:
 
     registry_reset()
     procs = Procs(env, tmp_path)
-    procs.start("sandbox", [sys.executable, "-m", "sandbox", "--port", str(sandbox_port),
+    procs.start("sandbox", [sys.executable, "-m", "payshift.sandbox", "--port", str(sandbox_port),
                             "--webhook-base-url", "http://127.0.0.1:9"])
     wait_for(lambda: _up(f"{sandbox}/_sandbox/health"), 20, "the sandbox")
     use_broker(broker)

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
-from sandbox import SandboxConfig, create_app
-from sandbox.config import DEMO_FLUTTERWAVE_SECRET_KEY, DEMO_PAYSTACK_SECRET_KEY
+from payshift.sandbox import SandboxConfig, create_app
+from payshift.sandbox.config import DEMO_FLUTTERWAVE_SECRET_KEY, DEMO_PAYSTACK_SECRET_KEY
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its test client; httpx is what the project pins.

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
-from sandbox.tests.conftest import (
+from payshift.sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
+from payshift.sandbox.tests.conftest import (
     FLUTTERWAVE_KEY,
     FW,
     Receiver,
@@ -203,7 +203,7 @@ def test_every_endpoint_refuses_bad_keys(
 
 
 def test_paystack_key_is_not_a_flutterwave_key(client: TestClient) -> None:
-    from sandbox.tests.conftest import PS
+    from payshift.sandbox.tests.conftest import PS
 
     assert client.get("/flutterwave/v3/transactions/1/verify", headers=PS).status_code == 401
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from starlette.testclient import TestClient
 
-from sandbox.tests.conftest import FW, PAYSTACK_KEY, PS, Receiver, flutterwave_init, paystack_init, seed
+from payshift.sandbox.tests.conftest import FW, PAYSTACK_KEY, PS, Receiver, flutterwave_init, paystack_init, seed
 
 
 def redirect_query(location: str) -> list[tuple[str, str]]:

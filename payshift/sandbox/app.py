@@ -11,9 +11,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from sandbox import checkout, control, flutterwave, paystack
-from sandbox.config import SandboxConfig
-from sandbox.runtime import Runtime
+from payshift.sandbox import checkout, control, flutterwave, paystack
+from payshift.sandbox.config import SandboxConfig
+from payshift.sandbox.runtime import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024
 _APIS = (("/paystack/", paystack.API), ("/flutterwave/", flutterwave.API))

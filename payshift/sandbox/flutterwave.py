@@ -10,12 +10,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sandbox import webhooks
-from sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
-from sandbox.config import flutterwave_mode_for_key
-from sandbox.money import AmountError, major_to_minor, minor_to_major
-from sandbox.runtime import Runtime
-from sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso, utcnow
+from payshift.sandbox import webhooks
+from payshift.sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
+from payshift.sandbox.config import flutterwave_mode_for_key
+from payshift.sandbox.money import AmountError, major_to_minor, minor_to_major
+from payshift.sandbox.runtime import Runtime
+from payshift.sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso, utcnow
 
 NAME = "flutterwave"
 ACCOUNT_ID = 17_321

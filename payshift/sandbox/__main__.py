@@ -1,4 +1,4 @@
-"""CLI: `python -m sandbox --port 8100 --webhook-base-url URL [fault flags]` runs one uvicorn process."""
+"""CLI: `python -m payshift.sandbox --port 8100 --webhook-base-url URL [fault flags]` runs one uvicorn process."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import uvicorn
 
-from sandbox.app import create_app
-from sandbox.config import SandboxConfig
-from sandbox.faults import Faults, FaultSpecError
+from payshift.sandbox.app import create_app
+from payshift.sandbox.config import SandboxConfig
+from payshift.sandbox.faults import Faults, FaultSpecError
 
 # (flag, SandboxConfig field, type, help). Flags left out keep the SANDBOX_<FIELD> env value or the default.
 _CONFIG_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -63,7 +63,7 @@ _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m payshift.sandbox", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("SANDBOX_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8100")))
     parser.add_argument("--log-level", default="info")

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from sandbox import create_app
-from sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
-from sandbox.tests.conftest import (
+from payshift.sandbox import create_app
+from payshift.sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
+from payshift.sandbox.tests.conftest import (
     FW,
     PAYSTACK_KEY,
     PS,
@@ -28,7 +28,7 @@ from sandbox.tests.conftest import (
     seed,
     wait_until,
 )
-from sandbox.webhooks import paystack_signature
+from payshift.sandbox.webhooks import paystack_signature
 
 
 def deliveries(client: TestClient, **params: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from sandbox.tests.conftest import PAYSTACK_KEY, PS, Receiver, fast_config, is_int, paystack_init, seed
+from payshift.sandbox.tests.conftest import PAYSTACK_KEY, PS, Receiver, fast_config, is_int, paystack_init, seed
 
 ISO_TS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 

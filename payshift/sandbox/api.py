@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sandbox.config import SandboxConfig
-from sandbox.faults import FAULT_HEADER, FaultPlan, FaultSpecError, parse_fault_header, roll_faults
-from sandbox.money import dumps
-from sandbox.runtime import Runtime
+from payshift.sandbox.config import SandboxConfig
+from payshift.sandbox.faults import FAULT_HEADER, FaultPlan, FaultSpecError, parse_fault_header, roll_faults
+from payshift.sandbox.money import dumps
+from payshift.sandbox.runtime import Runtime
 
 
 def ascii_int(raw: str, max_digits: int = 18) -> int | None:

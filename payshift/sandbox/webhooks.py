@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from sandbox.faults import Faults
-from sandbox.money import dumps
+from payshift.sandbox.faults import Faults
+from payshift.sandbox.money import dumps
 
 if TYPE_CHECKING:
-    from sandbox.runtime import Runtime
+    from payshift.sandbox.runtime import Runtime
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from sandbox.money import AmountError, dumps, format_major, major_to_minor, minor_to_major, parse_minor
+from payshift.sandbox.money import AmountError, dumps, format_major, major_to_minor, minor_to_major, parse_minor
 
 
 def test_round_trips_per_exponent() -> None:

@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from sandbox import flutterwave, paystack
-from sandbox.money import format_major
-from sandbox.runtime import Runtime
-from sandbox.state import Checkout
+from payshift.sandbox import flutterwave, paystack
+from payshift.sandbox.money import format_major
+from payshift.sandbox.runtime import Runtime
+from payshift.sandbox.state import Checkout
 
 Completer = Callable[[Runtime, Checkout, str], list[tuple[str, str]]]
 

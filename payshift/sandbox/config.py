@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.faults import Faults
+from payshift.sandbox.faults import Faults
 
 # Clearly-marked demo secrets. Payshift's demo setup uses the same values; they
 # unlock nothing outside this sandbox.

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.state import Store, StoreFullError
-from sandbox.tests.conftest import PS, fast_config, seed
+from payshift.sandbox.state import Store, StoreFullError
+from payshift.sandbox.tests.conftest import PS, fast_config, seed
 
 
 def _charge(store: Store) -> Any:

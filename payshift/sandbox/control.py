@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sandbox import flutterwave, paystack
-from sandbox.api import ascii_int
-from sandbox.faults import FaultSpecError
-from sandbox.money import AmountError, format_major, parse_minor
-from sandbox.runtime import Runtime
-from sandbox.state import GATEWAYS, STATUSES, Checkout, Refund, Store, TransactionSpec, iso
+from payshift.sandbox import flutterwave, paystack
+from payshift.sandbox.api import ascii_int
+from payshift.sandbox.faults import FaultSpecError
+from payshift.sandbox.money import AmountError, format_major, parse_minor
+from payshift.sandbox.runtime import Runtime
+from payshift.sandbox.state import GATEWAYS, STATUSES, Checkout, Refund, Store, TransactionSpec, iso
 
 Upsert = Callable[[Runtime, TransactionSpec], tuple[Checkout, bool]]
 _UPSERT: dict[str, Upsert] = {

@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 
-from sandbox import webhooks
-from sandbox.config import SandboxConfig
-from sandbox.faults import Faults
-from sandbox.state import Store
+from payshift.sandbox import webhooks
+from payshift.sandbox.config import SandboxConfig
+from payshift.sandbox.faults import Faults
+from payshift.sandbox.state import Store
 
 log = logging.getLogger("sandbox")
 

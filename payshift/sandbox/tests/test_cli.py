@@ -1,4 +1,4 @@
-"""`python -m sandbox` as a real process over real HTTP, and the CLI/env configuration."""
+"""`python -m payshift.sandbox` as a real process over real HTTP, and the CLI/env configuration."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox.__main__ import build_config, parse_args
-from sandbox.tests.conftest import PAYSTACK_KEY, PS
+from payshift.sandbox.__main__ import build_config, parse_args
+from payshift.sandbox.tests.conftest import PAYSTACK_KEY, PS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from sandbox.tests.conftest import FW, PS, Receiver, seed
+from payshift.sandbox.tests.conftest import FW, PS, Receiver, seed
 
 
 def test_health(client: TestClient) -> None:
@@ -97,7 +97,7 @@ def test_deliveries_filter_by_reference(client: TestClient, receiver: Receiver) 
     seed(client, gateway="paystack", reference="D-1", amount=100, send_webhook=True)
     seed(client, gateway="paystack", reference="D-2", amount=100, send_webhook=True)
     receiver.wait_for(2)
-    from sandbox.tests.conftest import wait_until
+    from payshift.sandbox.tests.conftest import wait_until
 
     wait_until(lambda: client.get("/_sandbox/deliveries").json()["count"] == 2)
     only = client.get("/_sandbox/deliveries", params={"reference": "D-2"}).json()

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from starlette.testclient import TestClient
 
-from sandbox.faults import Faults, FaultSpecError, parse_fault_header, roll_faults
-from sandbox.tests.conftest import FW, PS, fast_config, paystack_init, seed
+from payshift.sandbox.faults import Faults, FaultSpecError, parse_fault_header, roll_faults
+from payshift.sandbox.tests.conftest import FW, PS, fast_config, paystack_init, seed
 
 
 def set_faults(client: TestClient, **faults: object) -> None:
