@@ -19,6 +19,7 @@ from django.utils.safestring import mark_safe
 
 from . import queueing, services
 from .gateways.base import GatewayError
+from .gateways.registry import gateway_classes
 from .models import (
     EventStatus,
     Notification,
@@ -33,15 +34,23 @@ from .models import (
 _SECRET_HEADER_HINTS = ("signature", "hash", "authorization", "cookie", "token", "secret", "key")
 # Card data and reusable tokens in gateway bodies (Paystack `authorization`, Flutterwave `card`): kept in
 # the stored raw bytes for replay, never shown to a person (design.md invariant: no card data in the admin).
-_CARD_KEYS = frozenset({"authorization_code", "bin", "last4", "exp_month", "exp_year", "signature", "account_name",
-                        "first_6digits", "last_4digits", "expiry", "token", "card_number", "cvv", "pan"})
+# Field names that hold card data under any gateway, on top of what each gateway class declares.
+_CARD_KEYS_ANY_GATEWAY = frozenset({"card_number", "cvv", "pan"})
 
 
-def redact_card_data(value: Any) -> Any:
+def _card_keys() -> frozenset[str]:
+    keys = set(_CARD_KEYS_ANY_GATEWAY)
+    for cls in gateway_classes().values():
+        keys |= cls.redacted_fields
+    return frozenset(keys)
+
+
+def redact_card_data(value: Any, keys: frozenset[str] | None = None) -> Any:
+    keys = _card_keys() if keys is None else keys
     if isinstance(value, dict):
-        return {k: ("[redacted]" if k.lower() in _CARD_KEYS else redact_card_data(v)) for k, v in value.items()}
+        return {k: ("[redacted]" if k.lower() in keys else redact_card_data(v, keys)) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact_card_data(v) for v in value]
+        return [redact_card_data(v, keys) for v in value]
     return value
 
 

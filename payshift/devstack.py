@@ -23,17 +23,9 @@ from types import FrameType
 
 import httpx
 
+from payment.gateways.registry import demo_environment
+
 ROOT = Path(__file__).resolve().parent.parent
-
-# Demo credentials: accepted only by the local sandbox; the system checks refuse them in production.
-DEMO_ENV = {
-    "PAYSTACK_SECRET_KEY": "sk_test_payshift_demo_do_not_use_in_production",
-    "PAYSTACK_PUBLIC_KEY": "pk_test_payshift_demo",
-    "FLUTTERWAVE_SECRET_KEY": "FLWSECK_TEST-payshiftdemo-do-not-use-X",
-    "FLUTTERWAVE_PUBLIC_KEY": "FLWPUBK_TEST-payshiftdemo-X",
-    "FLUTTERWAVE_WEBHOOK_HASH": "payshift-demo-webhook-hash",
-}
-
 
 # The same file the settings read (PAYSHIFT_ENV_FILE), so every manage.py command sees the demo setup.
 ENV_FILE = Path(os.environ.get("PAYSHIFT_ENV_FILE", str(ROOT / ".env")))
@@ -70,8 +62,8 @@ def stack_env(web_port: int, sandbox_port: int) -> tuple[dict[str, str], bool]:
     demo = not any(keys) or any("payshift" in k and "demo" in k for k in keys)
     sandbox = f"http://127.0.0.1:{sandbox_port}"
     if demo:
-        demo_values = {**DEMO_ENV, "PAYSTACK_BASE_URL": f"{sandbox}/paystack",
-                       "FLUTTERWAVE_BASE_URL": f"{sandbox}/flutterwave/v3", "PAYSHIFT_SANDBOX_URL": sandbox}
+        # Each gateway class names its demo keys and its place in the sandbox (payment/gateways/<name>/).
+        demo_values = {**demo_environment(sandbox), "PAYSHIFT_SANDBOX_URL": sandbox}
         for key, value in demo_values.items():
             if key not in os.environ:
                 env[key] = value

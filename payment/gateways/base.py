@@ -249,6 +249,15 @@ class Gateway(ABC):
     published_ips: ClassVar[tuple[str, ...]] = ()
     #: The setting that holds the webhook secret(s), named in system-check hints.
     secret_setting: ClassVar[str] = ""
+    #: The event a paid charge sends (test_webhook's default, the bench's and the contract suite's payloads).
+    charge_event: ClassVar[str] = ""
+    #: Body fields holding card data or reusable tokens: kept in the stored bytes, never shown to a person.
+    redacted_fields: ClassVar[frozenset[str]] = frozenset()
+    #: Clearly marked demo credentials, accepted only by the local sandbox (the system checks refuse them in
+    #: production): setting name -> value. The dev stack, the bench and the chaos run start from these.
+    demo_settings: ClassVar[dict[str, str]] = {}
+    #: Where this gateway's API lives under the sandbox's root URL (its base URL setting in demo mode).
+    sandbox_path: ClassVar[str] = ""
 
     # -- webhooks --------------------------------------------------------------------------------
     @abstractmethod

@@ -65,3 +65,19 @@ def registry_reset() -> None:
         if client is not None:
             client.close()
     _instances.clear()
+
+
+def gateway_classes() -> dict[str, type[Gateway]]:
+    """Every registered gateway class by name, enabled or not (tooling: dev stack, bench, contract suite)."""
+    _discover()
+    return dict(sorted(_classes.items()))
+
+
+def demo_environment(sandbox_url: str) -> dict[str, str]:
+    """The demo keys of every gateway and base URLs pointing at the local sandbox at `sandbox_url`."""
+    env: dict[str, str] = {}
+    for cls in gateway_classes().values():
+        env.update(cls.demo_settings)
+        if cls.sandbox_path:
+            env[cls.base_url_setting] = f"{sandbox_url.rstrip('/')}/{cls.sandbox_path}"
+    return env

@@ -139,6 +139,13 @@ class FlutterwaveGateway(base.Gateway):
     secret_headers = frozenset({HASH_HEADER, SIGNATURE_HEADER})
     secret_setting = "FLUTTERWAVE_WEBHOOK_HASH"
     base_url_setting = "FLUTTERWAVE_BASE_URL"
+    charge_event = "charge.completed"
+    # `card` of charge bodies.
+    redacted_fields = frozenset({"first_6digits", "last_4digits", "expiry", "token"})
+    demo_settings = {"FLUTTERWAVE_SECRET_KEY": "FLWSECK_TEST-payshiftdemo-do-not-use-X",
+                     "FLUTTERWAVE_PUBLIC_KEY": "FLWPUBK_TEST-payshiftdemo-X",
+                     "FLUTTERWAVE_WEBHOOK_HASH": "payshift-demo-webhook-hash"}
+    sandbox_path = "flutterwave/v3"
 
     def webhook_secrets(self) -> list[str]:
         return [s for s in settings.FLUTTERWAVE_WEBHOOK_HASH if s]

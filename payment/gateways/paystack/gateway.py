@@ -163,6 +163,13 @@ class PaystackGateway(base.Gateway):
     published_ips = ("52.31.139.75", "52.49.173.169", "52.214.14.220")
     secret_setting = "PAYSTACK_SECRET_KEY"
     base_url_setting = "PAYSTACK_BASE_URL"
+    charge_event = "charge.success"
+    # `authorization` of charge bodies: the reusable card token and the card's digits.
+    redacted_fields = frozenset({"authorization_code", "bin", "last4", "exp_month", "exp_year", "signature",
+                                 "account_name"})
+    demo_settings = {"PAYSTACK_SECRET_KEY": "sk_test_payshift_demo_do_not_use_in_production",
+                     "PAYSTACK_PUBLIC_KEY": "pk_test_payshift_demo"}
+    sandbox_path = "paystack"
 
     def webhook_secrets(self) -> list[str]:
         # There is no separate webhook secret: the API secret key signs.

@@ -22,8 +22,6 @@ from payment.gateways.base import GatewayError, json_dumps
 from payment.gateways.registry import UnknownGatewayError, gateway_get, gateway_names
 from payment.models import Mode, Payment, PaymentStatus, WebhookEvent
 
-_DEFAULT_EVENTS = {"paystack": "charge.success", "flutterwave": "charge.completed"}
-
 
 @dataclass
 class Delivery:
@@ -77,7 +75,7 @@ class Command(BaseCommand):
         payments = [self._payment(gateway, opts, i) for i in range(opts["count"])]
         bodies = [(p, self._payload(gateway, p, opts)) for p in payments]
         jobs = [(p, body) for p, body in bodies for _ in range(1 + opts["duplicate"])]
-        self.stdout.write(f"{name} {opts['event'] or _DEFAULT_EVENTS.get(name, '')} -> {url} "
+        self.stdout.write(f"{name} {opts['event'] or gateway.charge_event} -> {url} "
                           f"({len(jobs)} deliveries, concurrency {opts['concurrency']})")
         with httpx.Client(timeout=30.0) as client, ThreadPoolExecutor(opts["concurrency"]) as pool:
             results = list(pool.map(lambda job: self._send(client, gateway, url, job, opts), jobs))
@@ -131,7 +129,7 @@ class Command(BaseCommand):
             except httpx.HTTPError as exc:
                 raise CommandError(f"cannot seed the sandbox at {sandbox}: {exc}") from None
         payload = gateway.build_test_webhook(
-            event=opts["event"] or _DEFAULT_EVENTS.get(gateway.name, "charge.success"),
+            event=opts["event"] or gateway.charge_event,
             reference=payment.reference, transaction_id=transaction_id, status=opts["status"],
             amount=payment.amount, currency=payment.currency, mode=payment.mode, email=payment.customer_email)
         return json_dumps(payload)
