@@ -19,10 +19,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
     django.setup()
-    from django.conf import settings
-
     from bench.stack import rss_kib
     from payment import services
+    from payment.conf import app_settings
 
     pid = os.getpid()
     baseline = rss_kib(pid)[0]
@@ -57,7 +56,7 @@ def main() -> None:
         "rss_rest_max_mib": round(max(rest), 1),
         "growth_after_first_quarter_pct": round((max(rest) - max(quarter)) / max(quarter) * 100, 2)
         if max(quarter) else None,
-        "batch_size": settings.PAYSHIFT_RECONCILE_BATCH_SIZE,
+        "batch_size": app_settings.PAYSHIFT_RECONCILE_BATCH_SIZE,
         "rss_series_mib": samples,
     }))
 

@@ -1,4 +1,4 @@
-"""App configuration: registers system checks and signal receivers at start-up."""
+"""App configuration: registers the system checks and Payshift's periodic tasks for any Celery beat."""
 
 from django.apps import AppConfig
 
@@ -9,4 +9,7 @@ class PaymentConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        # Importing registers: the system checks, and the receiver that adds Payshift's periodic tasks to
+        # whichever beat starts. Nothing here touches a Celery app (asking for one before the project's app
+        # exists would leave Celery's unconfigured fallback as the app of every other thread).
+        from . import checks, periodic  # noqa: F401

@@ -10,6 +10,8 @@ from django.core.mail import send_mail
 from django.db.models import F
 from django.utils.module_loading import import_string
 
+from payment.conf import app_settings
+
 from .models import Notification, NotificationKind, Recipient
 
 logger = logging.getLogger("payment.notifications")
@@ -31,7 +33,7 @@ class Channel(Protocol):
 
 
 def staff_emails() -> list[str]:
-    return list(settings.PAYSHIFT_STAFF_EMAILS) or [email for _name, email in settings.ADMINS]
+    return list(app_settings.PAYSHIFT_STAFF_EMAILS) or [email for _name, email in settings.ADMINS]
 
 
 class EmailChannel:
@@ -51,7 +53,7 @@ class EmailChannel:
 
 
 def channels() -> list[Channel]:
-    return [import_string(path)() for path in settings.PAYSHIFT_NOTIFICATION_CHANNELS]
+    return [import_string(path)() for path in app_settings.PAYSHIFT_NOTIFICATION_CHANNELS]
 
 
 def notification_deliver(notification: Notification) -> None:

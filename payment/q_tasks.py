@@ -7,9 +7,10 @@ import time
 import uuid
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
+
+from payment.conf import app_settings
 
 from . import queueing, services
 from .gateways.base import TransientGatewayError
@@ -34,11 +35,11 @@ def process_payment_webhook_q(event_id: int, attempt: int = 0, retake: str = "",
     except DB_ERRORS as exc:
         return _database_retry(event_id, attempt=attempt, retake=claim, db_attempt=db_attempt, error=exc)
     except TransientGatewayError as exc:
-        if attempt >= settings.PAYSHIFT_Q_MAX_RETRIES:
+        if attempt >= app_settings.PAYSHIFT_Q_MAX_RETRIES:
             services.event_mark_dead(event_id, f"retries exhausted (celery and django q): {exc}")
             return "dead"
-        delay = services.backoff_seconds(attempt, base_seconds=settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
-                                         max_seconds=settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
+        delay = services.backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
+                                         max_seconds=app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
         services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=delay))
         queueing.event_hand_to_django_q(event_id, attempt=attempt + 1, delay_seconds=delay)
         return "retry_scheduled"
@@ -79,7 +80,7 @@ def check_pending_payments_q() -> dict[str, int] | str:
     """Fallback schedule: runs the periodic check only when Celery beat has been silent for a while."""
     services.heartbeat("django_q")  # /readyz reads this to know the cluster is alive
     beat = Heartbeat.objects.filter(name="check_pending_payments").first()
-    quiet_for = 3 * settings.PAYSHIFT_RECONCILE_INTERVAL_SECONDS
+    quiet_for = 3 * app_settings.PAYSHIFT_RECONCILE_INTERVAL_SECONDS
     if beat is not None and beat.at > timezone.now() - timedelta(seconds=quiet_for):
         return "beat_is_alive"
     logger.warning("celery beat silent: django q runs check_pending_payments")

@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import current_app
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
+
+from payment.conf import app_settings
 
 from . import metrics
 from .models import EventStatus, WebhookEvent
@@ -52,7 +53,7 @@ class _BrokerCircuit:
                     return None
                 # Half-open: re-arm the window for everyone and let a background probe decide; no webhook
                 # waits on a broker that is probably still dead.
-                self._open_until = now + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+                self._open_until = now + app_settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
                 self._probe_start()
                 return None
             if any(now - started > _HANGING_AFTER_SECONDS for started in self._inflight.values()):
@@ -89,7 +90,7 @@ class _BrokerCircuit:
 
     def _trip(self) -> None:
         self._generation += 1
-        self._open_until = time.monotonic() + settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
+        self._open_until = time.monotonic() + app_settings.PAYSHIFT_BROKER_CIRCUIT_SECONDS
 
     def _probe_start(self) -> None:
         if self._probing:
@@ -124,8 +125,8 @@ SWEEPABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, E
 def sweep_due(now: datetime) -> Q:
     """Events the periodic sweep re-dispatches: what a lost publish, a dead worker or a lost retry left.
     `queued` rows are in a broker already, and `processing` ones belong to a worker until they are stale."""
-    stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
-    stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    stale = now - timedelta(seconds=app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
+    stuck = now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     return (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
             | Q(status__in=[EventStatus.QUEUED, EventStatus.PROCESSING], updated_at__lt=stuck)
             | Q(status=EventStatus.FAILED, next_attempt_at__lt=stale)
@@ -145,7 +146,8 @@ def broker_reachable() -> None:
     before a second try) and open a channel, which on Redis sends a PING; the transport's socket timeouts
     (payshift/settings.py) bound each step, so a black-holed port fails too instead of passing the connect."""
     with current_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=0, timeout=settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)
+        # kombu takes float seconds here; its stub says int.
+        conn.ensure_connection(max_retries=0, timeout=app_settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT)  # type: ignore[arg-type]
         conn.default_channel  # noqa: B018 (opening it is the check)
 
 

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
+from celery import current_app
 from django.db import connection
 from django.db.models import Count, Min
 from django.utils import timezone
+
+from payment.conf import app_settings
 
 from . import metrics
 from .links import payment_result_link
@@ -85,7 +87,7 @@ def readiness() -> dict[str, dict[str, Any]]:
     try:
         beat = Heartbeat.objects.filter(name="django_q").first()
         fresh = beat is not None and beat.at > timezone.now() - timedelta(
-            seconds=3 * settings.PAYSHIFT_RECONCILE_INTERVAL_SECONDS)
+            seconds=3 * app_settings.PAYSHIFT_RECONCILE_INTERVAL_SECONDS)
         parts["django_q"] = {"ok": fresh, "last_seen": beat.at.isoformat() if beat else None}
     except Exception as exc:
         parts["django_q"] = {"ok": False, "error": type(exc).__name__}
@@ -98,7 +100,7 @@ def _broker_state() -> dict[str, Any]:
     web thread while the broker is dead (payment/tests/test_queueing.py)."""
     from .queueing import broker_reachable, circuit
 
-    transport = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    transport = (current_app.conf.broker_url or "").split("://", 1)[0]
     if circuit.is_open():
         return {"ok": False, "transport": transport, "error": "circuit_open"}
     try:

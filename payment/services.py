@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
+
+from payment.conf import app_settings
 
 from . import metrics, signals
 from .gateways import base
@@ -119,7 +120,7 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
     from . import queueing
 
     gateway = gateway_get(gateway_name)
-    if gateway_name in settings.PAYSHIFT_IP_ALLOWLIST_GATEWAYS and source_ip not in gateway.published_ips:
+    if gateway_name in app_settings.PAYSHIFT_IP_ALLOWLIST_GATEWAYS and source_ip not in gateway.published_ips:
         raise SourceNotAllowedError(source_ip or "unknown")
     if not gateway.webhook_secrets():
         raise SignatureError("no_secret")
@@ -208,7 +209,7 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
     # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
     # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
     # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
-    stuck = timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    stuck = timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
     if retake:
         claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
@@ -230,7 +231,7 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
         return handler(event)
     except base.TransientGatewayError as exc:
         metrics.EVENTS_FAILED.labels(event.gateway, "true").inc()
-        if event.attempts >= settings.PAYSHIFT_MAX_EVENT_ATTEMPTS:
+        if event.attempts >= app_settings.PAYSHIFT_MAX_EVENT_ATTEMPTS:
             # A ceiling across every path (Celery, Django Q, sweep), so nothing retries for ever unseen.
             event_mark_dead(event.pk, f"gave up after {event.attempts} attempts: {exc}")
             return EventStatus.DEAD
@@ -400,7 +401,7 @@ def _verification_apply(payment: Payment, verification: base.Verification, *, so
                                     review_reason=review_reason)
     if transition is None:
         return f"late event: {payment.status} -> {target} is not a forward move"
-    if target == S.SUCCESS and details.get("overpaid_by") and settings.PAYSHIFT_REFUND_OVERPAYMENT:
+    if target == S.SUCCESS and details.get("overpaid_by") and app_settings.PAYSHIFT_REFUND_OVERPAYMENT:
         refund_request(payment, amount=details["overpaid_by"], idempotency_key=f"overpaid:{payment.pk}",
                        reason="automatic refund of overpayment", requested_by="payshift", locked=True)
     return ""
@@ -490,7 +491,7 @@ def _notification_create(**fields: Any) -> Notification | None:
 def transition_hooks_run(transition_id: int) -> None:
     """After commit: deliver the transition's notifications and send the host application's signals."""
     now = timezone.now()
-    taken_over = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    taken_over = now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     claimed = PaymentTransition.objects.filter(pk=transition_id, hooks_done_at__isnull=True).filter(
         Q(hooks_started_at__isnull=True) | Q(hooks_started_at__lt=taken_over)).update(hooks_started_at=now)
     if not claimed:
@@ -636,7 +637,8 @@ def _refund_for_claim(payment: Payment, *, refund_id: str, refund_reference: str
             return by_reference, True
     if amount <= 0:
         return None, False
-    candidates = mine.filter(status__in=OPEN_REFUND_STATUSES, amount=amount, submitted_at__isnull=False)
+    candidates = mine.filter(status__in=OPEN_REFUND_STATUSES, amount=amount).exclude(
+        status=RefundStatus.PENDING, submitted_at__isnull=True)
     if currency:
         candidates = candidates.filter(currency=currency)
     if refund_id:
@@ -739,7 +741,7 @@ def _event_unmatched(event: WebhookEvent, note: str = "", *, payment: Payment | 
     want of one."""
     WebhookEvent.objects.filter(pk=event.pk).update(
         status=EventStatus.UNMATCHED, updated_at=timezone.now(), last_error=note, payment=payment,
-        next_attempt_at=timezone.now() + timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
+        next_attempt_at=timezone.now() + timedelta(seconds=app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
     )
     logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
                                                "reference": event.reference, "error": note or None})
@@ -1074,7 +1076,7 @@ def gateway_silence_alerts(now: Any = None) -> list[str]:
     from .gateways.registry import gateway_names
 
     now = now or timezone.now()
-    window = timedelta(seconds=settings.PAYSHIFT_GATEWAY_SILENCE_SECONDS)
+    window = timedelta(seconds=app_settings.PAYSHIFT_GATEWAY_SILENCE_SECONDS)
     silent = []
     for name in gateway_names():
         waiting = Payment.objects.filter(gateway=name, status=S.PENDING, created_at__lt=now - window).exists()
@@ -1147,8 +1149,8 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
               "notifications": 0, "refunds": 0, "refunds_unknown": 0, "errors": 0}
     # 1. Inbox sweep: events a lost publish, a dead worker or a lost retry left behind. `queued` rows are
     # in a broker already, so they wait longer: re-publishing a backlog every minute would only add load.
-    stale = now - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
-    stuck = now - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    stale = now - timedelta(seconds=app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
+    stuck = now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     # event_dispatch(path="sweep") re-checks the same condition in its UPDATE (a worker may claim meanwhile).
     for event_id in _ids_in_batches(WebhookEvent.objects.filter(queueing.sweep_due(now))):
         if out_of_time():
@@ -1156,7 +1158,7 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
         queueing.event_dispatch(event_id, path="sweep")
         counts["swept"] += 1
     # 2. Unmatched events: retry while young, then hand to a person.
-    window_start = now - timedelta(seconds=settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS)
+    window_start = now - timedelta(seconds=app_settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS)
     unmatched = WebhookEvent.objects.filter(status=EventStatus.UNMATCHED)
     # Events kept for a payment that exists (a refund of a charge not settled yet) wait for it instead.
     for event_id in _ids_in_batches(unmatched.filter(received_at__lt=window_start, payment__isnull=True)):
@@ -1181,7 +1183,7 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
     from .notifications import notification_deliver
 
     undelivered = Notification.objects.filter(
-        delivered_at__isnull=True, created_at__lt=stale, delivery_attempts__lt=settings.PAYSHIFT_NOTIFICATION_TRIES,
+        delivered_at__isnull=True, created_at__lt=stale, delivery_attempts__lt=app_settings.PAYSHIFT_NOTIFICATION_TRIES,
     ).filter(Q(transition__isnull=True) | Q(transition__hooks_done_at__isnull=False))
     for notification_id in _ids_in_batches(undelivered):
         if out_of_time():
@@ -1216,15 +1218,15 @@ def _pending_payments_check(time_budget_seconds: float) -> dict[str, int]:
             updated_at=timezone.now())
     counts["silent_gateways"] = len(gateway_silence_alerts(now))
     # 5. Pending payments nobody told us about, oldest check first, in batches, within a time budget.
-    recheck = now - timedelta(seconds=settings.PAYSHIFT_PENDING_RECHECK_SECONDS)
-    ttl_cutoff = now - timedelta(seconds=settings.PAYSHIFT_PENDING_TTL_SECONDS)
+    recheck = now - timedelta(seconds=app_settings.PAYSHIFT_PENDING_RECHECK_SECONDS)
+    ttl_cutoff = now - timedelta(seconds=app_settings.PAYSHIFT_PENDING_TTL_SECONDS)
     # Failed and abandoned payments can still turn successful (a later attempt), but only within the TTL.
     candidates = Payment.objects.filter(
         Q(status=S.PENDING, created_at__gte=now - timedelta(days=30))
         | Q(status__in=[S.ABANDONED, S.FAILED], created_at__gte=ttl_cutoff),
         created_at__lt=recheck,
     ).filter(Q(last_verified_at__isnull=True) | Q(last_verified_at__lt=recheck))
-    batch_size = settings.PAYSHIFT_RECONCILE_BATCH_SIZE
+    batch_size = app_settings.PAYSHIFT_RECONCILE_BATCH_SIZE
     while time.monotonic() - started < time_budget_seconds:
         batch = list(candidates.order_by(F("last_verified_at").asc(nulls_first=True), "id")
                      .values_list("id", "created_at", "status")[:batch_size])

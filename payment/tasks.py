@@ -8,9 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task, shared_task
-from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
+
+from payment.conf import app_settings
 
 from . import queueing, services
 from .gateways.base import TransientGatewayError
@@ -40,18 +41,18 @@ def process_payment_webhook(self: Task[Any, Any], event_id: int, retake: str = "
         raise self.retry(args=(event_id,), kwargs={"retake": claim}, exc=exc, countdown=countdown) from exc
     except TransientGatewayError as exc:
         attempt = self.request.retries
-        if attempt >= settings.PAYSHIFT_CELERY_MAX_RETRIES:
+        if attempt >= app_settings.PAYSHIFT_CELERY_MAX_RETRIES:
             # Celery's budget is spent: Django Q continues on a longer schedule.
-            delay = services.backoff_seconds(0, base_seconds=settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
-                                             max_seconds=settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
+            delay = services.backoff_seconds(0, base_seconds=app_settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
+                                             max_seconds=app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
             services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=delay))
             if not queueing.event_hand_to_django_q(event_id, attempt=1, delay_seconds=delay):
                 logger.error("handing over to django q failed; the sweep will retry", extra={"event_id": event_id})
             logger.warning("celery retries exhausted, handed to django q",
                            extra={"event_id": event_id, "delay": round(delay, 1)})
             return "handed_to_django_q"
-        countdown = services.backoff_seconds(attempt, base_seconds=settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
-                                             max_seconds=settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
+        countdown = services.backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
+                                             max_seconds=app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
         services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=countdown))
         raise self.retry(exc=exc, countdown=countdown) from exc
 
@@ -63,7 +64,7 @@ def check_pending_payments() -> dict[str, int]:
 
 @shared_task(name="prune_webhook_bodies", acks_late=True, reject_on_worker_lost=True)
 def prune_webhook_bodies() -> int:
-    return services.events_prune(older_than_days=settings.PAYSHIFT_RETENTION_DAYS)
+    return services.events_prune(older_than_days=app_settings.PAYSHIFT_RETENTION_DAYS)
 
 
 @shared_task(name="verify_payment_task", acks_late=True, reject_on_worker_lost=True)
@@ -78,6 +79,6 @@ def process_refund_task(self: Task[Any, Any], refund_id: int) -> str:
     except TransientGatewayError as exc:
         # Only raised when the gateway certainly did not act (see refund_submit): safe to re-send.
         countdown = services.backoff_seconds(self.request.retries,
-                                             base_seconds=settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
-                                             max_seconds=settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
+                                             base_seconds=app_settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
+                                             max_seconds=app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
         raise self.retry(exc=exc, countdown=countdown) from exc

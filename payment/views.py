@@ -9,12 +9,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+
+from payment.conf import app_settings
 
 from . import forms, links, selectors, services
 from .gateways.base import GatewayError
@@ -36,7 +37,7 @@ def demo_pages_only(view: View) -> View:
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not settings.PAYSHIFT_DEMO_PAGES:
+        if not app_settings.PAYSHIFT_DEMO_PAGES:
             raise Http404("demo pages are off")
         return view(request, *args, **kwargs)
 
@@ -52,7 +53,7 @@ def _home(request: HttpRequest, form: forms.CheckoutForm, *, status: int = 200) 
     return render(request, "payment/home.html", {
         "form": form,
         "payments": selectors.payment_customer_list(list(request.session.get(SESSION_PAYMENTS, []))),
-        "sandbox": "127.0.0.1" in settings.PAYSTACK_BASE_URL or "localhost" in settings.PAYSTACK_BASE_URL,
+        "sandbox": "127.0.0.1" in app_settings.PAYSTACK_BASE_URL or "localhost" in app_settings.PAYSTACK_BASE_URL,
     }, status=status)
 
 
@@ -114,8 +115,8 @@ def callback(request: HttpRequest, gateway: str, token: str) -> HttpResponse:
     try:
         # The same locked service the webhook uses: a racing webhook and callback give one transition.
         services.payment_verify(payment.pk, source=TransitionSource.CALLBACK,
-                                min_interval=settings.PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS,
-                                timeout=settings.PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS)
+                                min_interval=app_settings.PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS,
+                                timeout=app_settings.PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS)
     except GatewayError as exc:
         logger.warning("callback verification failed", extra={"reference": reference, "error": str(exc)})
     return redirect(links.payment_result_link(payment.reference))
@@ -155,7 +156,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
     from prometheus_client import REGISTRY as default_registry
 
-    token = settings.PAYSHIFT_METRICS_TOKEN
+    token = app_settings.PAYSHIFT_METRICS_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     allowed = (token and hmac.compare_digest(given.encode(), token.encode())) or (
         request.user.is_authenticated and request.user.is_staff)

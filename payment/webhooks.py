@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+
+from payment.conf import app_settings
 
 from . import metrics, services
 from .gateways.base import InvalidPayloadError
@@ -24,7 +25,7 @@ def _answer(status: int, message: str) -> JsonResponse:
 def client_ip(request: HttpRequest) -> str | None:
     """The peer address; X-Forwarded-For is believed only hop by hop from trusted proxies."""
     remote = request.META.get("REMOTE_ADDR") or None
-    trusted = settings.PAYSHIFT_TRUSTED_PROXIES
+    trusted = app_settings.PAYSHIFT_TRUSTED_PROXIES
     if not trusted or remote is None:
         return remote
     networks = [ipaddress.ip_network(p, strict=False) for p in trusted]
@@ -66,7 +67,7 @@ def webhook(request: HttpRequest, gateway: str) -> HttpResponse:
             response = _reject(label, "method_not_allowed", 405, request)
             response["Allow"] = "POST"
             return response
-        limit = settings.PAYSHIFT_WEBHOOK_MAX_BYTES
+        limit = app_settings.PAYSHIFT_WEBHOOK_MAX_BYTES
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

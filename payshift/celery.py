@@ -3,19 +3,49 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
+
+def _own_project_only() -> None:
+    """`celery -A payshift` runs Payshift's OWN project (its settings, its database). Inside a host project that
+    would quietly process nothing of the host's, against another database: refuse, and say what to run."""
+    configured = os.environ.get("DJANGO_SETTINGS_MODULE")
+    checkout = Path(__file__).resolve().parent.parent
+    foreign_manage = (Path.cwd() / "manage.py").is_file() and Path.cwd().resolve() != checkout
+    if os.environ.get("PAYSHIFT_STANDALONE") == "1":
+        return
+    # Payshift's own settings modules: the project's, the suite's and the bench's.
+    ours = configured is not None and configured.split(".", 1)[0] in ("payshift", "bench")
+    if (configured is not None and not ours) or (configured is None and foreign_manage):
+        raise ImproperlyConfigured(
+            "celery -A payshift is Payshift's own project. In your Django project run your own Celery app "
+            "(celery -A <yourproject> worker / beat): it runs Payshift's tasks (docs/installing.md). "
+            "Set PAYSHIFT_STANDALONE=1 to run Payshift's project anyway.")
+
+
+_own_project_only()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "payshift.settings")
 
 app = Celery("payshift")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
+
+def _var_dir_prepare() -> None:
+    from payshift.paths import var_dir_prepare
+
+    var_dir_prepare()  # the embedded broker's folders, before a worker or beat reads them
+
+
+_var_dir_prepare()
+
 # Separate queues so a reconciliation or refund backlog never delays a customer's webhook. A worker
-# started without -Q consumes all three (design.md 2); deployments may split them across workers.
+# started without -Q consumes all three; deployments may split them across workers.
 _exchange = Exchange("payshift", type="direct")
 app.conf.update(
     task_queues=(

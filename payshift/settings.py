@@ -1,4 +1,10 @@
-"""Payshift settings: one environment reader (django-environ), 12-factor, safe defaults for a laptop."""
+"""Settings of Payshift's own project (the demo stack and a standalone deployment), read from the environment.
+
+Reading this module has no side effects: it creates no folder and reads no `.env` (manage.py reads one, for
+the commands a developer types; the test suite never does). Payshift's own settings (PAYSHIFT_*, the gateway
+keys) are not here: the app reads them with their defaults from the environment (payment/conf.py), exactly as
+it does inside a host project.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,15 @@ from typing import Any
 
 import environ
 
+from payment.conf import setting_default
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-# A `.env` file is optional; real deployments set the environment directly.
-_env_file = env.str("PAYSHIFT_ENV_FILE", default=str(BASE_DIR / ".env"))
-if Path(_env_file).is_file():
-    environ.Env.read_env(_env_file)
 
+# Databases, the embedded broker and collected static files live here; the entry points create it
+# (payshift/paths.py), never an import of the settings.
 VAR_DIR = Path(env.str("PAYSHIFT_VAR_DIR", default=str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
-
-# "development" or "production": production turns on the strict system checks (payment.checks).
-PAYSHIFT_ENVIRONMENT = env.str("PAYSHIFT_ENVIRONMENT", default="development")
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="payshift-insecure-development-key-change-me")
 # Old keys still accepted for signatures (customer links, sessions) while a rotation settles.
@@ -123,81 +125,13 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
 
 ADMINS = [tuple(a.split(":", 1)) for a in env.list("DJANGO_ADMINS", default=[])]  # "Name:email"
 EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DJANGO_DEFAULT_FROM_EMAIL", default="payshift@localhost")
 
-# --- Gateways (names fixed by design.md section 2) ----------------------------------------------------
-# Secrets are comma-separated lists for rotation: the first one signs and calls the API, any verifies.
-PAYSTACK_SECRET_KEY: list[str] = env.list("PAYSTACK_SECRET_KEY", default=[])
-PAYSTACK_PUBLIC_KEY = env.str("PAYSTACK_PUBLIC_KEY", default="")
-PAYSTACK_BASE_URL = env.str("PAYSTACK_BASE_URL", default="https://api.paystack.co")
-FLUTTERWAVE_SECRET_KEY: list[str] = env.list("FLUTTERWAVE_SECRET_KEY", default=[])
-FLUTTERWAVE_PUBLIC_KEY = env.str("FLUTTERWAVE_PUBLIC_KEY", default="")
-FLUTTERWAVE_WEBHOOK_HASH: list[str] = env.list("FLUTTERWAVE_WEBHOOK_HASH", default=[])
-FLUTTERWAVE_BASE_URL = env.str("FLUTTERWAVE_BASE_URL", default="https://api.flutterwave.com/v3")
-
-# Which registered gateways accept webhooks (default: every gateway module found in payment/gateways/).
-PAYSHIFT_ENABLED_GATEWAYS: list[str] | None = env.list("PAYSHIFT_ENABLED_GATEWAYS", default=None)
-
-# --- Ingest ---------------------------------------------------------------------------------------------
-PAYSHIFT_WEBHOOK_MAX_BYTES = env.int("PAYSHIFT_WEBHOOK_MAX_BYTES", default=1024 * 1024)
-# Gateways whose published source IPs are enforced (e.g. "paystack"); off by default.
-PAYSHIFT_IP_ALLOWLIST_GATEWAYS: list[str] = env.list("PAYSHIFT_IP_ALLOWLIST_GATEWAYS", default=[])
-# Proxies (IPs or CIDRs) whose X-Forwarded-For is believed when finding the client address.
-PAYSHIFT_TRUSTED_PROXIES: list[str] = env.list("PAYSHIFT_TRUSTED_PROXIES", default=[])
-# Bounded time to hand an event to Celery before falling back to Django Q (seconds), and how long a
-# failed broker is skipped so a dead broker costs one timeout, not one per request.
-PAYSHIFT_BROKER_PUBLISH_TIMEOUT = env.float("PAYSHIFT_BROKER_PUBLISH_TIMEOUT", default=1.0)
-PAYSHIFT_BROKER_CIRCUIT_SECONDS = env.float("PAYSHIFT_BROKER_CIRCUIT_SECONDS", default=5.0)
-
-# --- Processing -----------------------------------------------------------------------------------------
-PAYSHIFT_HTTP_CONNECT_TIMEOUT = env.float("PAYSHIFT_HTTP_CONNECT_TIMEOUT", default=5.0)
-PAYSHIFT_HTTP_READ_TIMEOUT = env.float("PAYSHIFT_HTTP_READ_TIMEOUT", default=30.0)
-PAYSHIFT_CELERY_MAX_RETRIES = env.int("PAYSHIFT_CELERY_MAX_RETRIES", default=5)
-PAYSHIFT_CELERY_RETRY_BASE_SECONDS = env.float("PAYSHIFT_CELERY_RETRY_BASE_SECONDS", default=2.0)
-PAYSHIFT_CELERY_RETRY_MAX_SECONDS = env.float("PAYSHIFT_CELERY_RETRY_MAX_SECONDS", default=300.0)
-PAYSHIFT_Q_MAX_RETRIES = env.int("PAYSHIFT_Q_MAX_RETRIES", default=6)
-PAYSHIFT_Q_RETRY_BASE_SECONDS = env.float("PAYSHIFT_Q_RETRY_BASE_SECONDS", default=60.0)
-PAYSHIFT_Q_RETRY_MAX_SECONDS = env.float("PAYSHIFT_Q_RETRY_MAX_SECONDS", default=3600.0)
-# Pay the customer's excess back automatically when a payment is overpaid.
-PAYSHIFT_REFUND_OVERPAYMENT = env.bool("PAYSHIFT_REFUND_OVERPAYMENT", default=False)
-
-# --- Reconciliation (check_pending_payments) -----------------------------------------------------------
-PAYSHIFT_RECONCILE_INTERVAL_SECONDS = env.int("PAYSHIFT_RECONCILE_INTERVAL_SECONDS", default=60)
-PAYSHIFT_PENDING_RECHECK_SECONDS = env.int("PAYSHIFT_PENDING_RECHECK_SECONDS", default=300)
-PAYSHIFT_PENDING_TTL_SECONDS = env.int("PAYSHIFT_PENDING_TTL_SECONDS", default=24 * 3600)
-PAYSHIFT_SWEEP_AFTER_SECONDS = env.int("PAYSHIFT_SWEEP_AFTER_SECONDS", default=60)
-PAYSHIFT_PROCESSING_STUCK_SECONDS = env.int("PAYSHIFT_PROCESSING_STUCK_SECONDS", default=900)
-# Ceiling on processing attempts of one event across Celery, Django Q and the sweep; then `dead`.
-PAYSHIFT_MAX_EVENT_ATTEMPTS = env.int("PAYSHIFT_MAX_EVENT_ATTEMPTS", default=20)
-PAYSHIFT_UNMATCHED_RETRY_SECONDS = env.int("PAYSHIFT_UNMATCHED_RETRY_SECONDS", default=24 * 3600)
-PAYSHIFT_RECONCILE_BATCH_SIZE = env.int("PAYSHIFT_RECONCILE_BATCH_SIZE", default=500)
-# Alert staff when a gateway sent no webhook for this long while payments are pending on it.
-PAYSHIFT_GATEWAY_SILENCE_SECONDS = env.int("PAYSHIFT_GATEWAY_SILENCE_SECONDS", default=3600)
-# Raw bodies and headers of finished events are dropped after this many days (dedupe keys stay).
-PAYSHIFT_RETENTION_DAYS = env.int("PAYSHIFT_RETENTION_DAYS", default=30)
-
-# --- Customer pages -------------------------------------------------------------------------------------
-# The demo home page and the anonymous "start a payment" form: on only in the dev stack (payshift/devstack.py).
-# In production payments are started by the host application, never by an anonymous form (docs/reliability.md).
-PAYSHIFT_DEMO_PAGES = env.bool("PAYSHIFT_DEMO_PAGES", default=False)
-# The customer's callback asks the gateway at most once per payment per interval (claimed on the payment
-# row, so it holds across processes), with a timeout far below the worker's, so reloads cannot pin web threads.
-PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS = env.float("PAYSHIFT_CALLBACK_VERIFY_INTERVAL_SECONDS", default=5.0)
-PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS = env.float("PAYSHIFT_CALLBACK_VERIFY_TIMEOUT_SECONDS", default=4.0)
-
-# --- Notifications ----------------------------------------------------------------------------------------
-# Staff alerts go here (falls back to ADMINS); the database row is always written.
-PAYSHIFT_STAFF_EMAILS: list[str] = env.list("PAYSHIFT_STAFF_EMAILS", default=[])
-PAYSHIFT_NOTIFICATION_TRIES = env.int("PAYSHIFT_NOTIFICATION_TRIES", default=5)
 # A hanging mail server must not hold a worker (Django's default is no timeout at all).
 EMAIL_TIMEOUT = env.int("DJANGO_EMAIL_TIMEOUT", default=10)
-PAYSHIFT_NOTIFICATION_CHANNELS: list[str] = env.list(
-    "PAYSHIFT_NOTIFICATION_CHANNELS", default=["payment.notifications.EmailChannel"]
-)
 
 # --- Celery -------------------------------------------------------------------------------------------
 # Default: kombu's filesystem transport, an embedded broker that needs no server (laptops, demos).
@@ -210,7 +144,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_CONNECTION_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
+# Bounded time to hand an event to Celery before Django Q takes it (payment/queueing.py).
+_PUBLISH_TIMEOUT = env.float("PAYSHIFT_BROKER_PUBLISH_TIMEOUT",
+                             default=setting_default("PAYSHIFT_BROKER_PUBLISH_TIMEOUT"))
+CELERY_BROKER_CONNECTION_TIMEOUT = _PUBLISH_TIMEOUT
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Celery's Django fixup closes the database connection before and after EVERY task unless this is set: a
@@ -220,7 +157,6 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1_000_000)
 CELERY_TIMEZONE = "UTC"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
-    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),
@@ -229,8 +165,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "socket_connect_timeout": PAYSHIFT_BROKER_PUBLISH_TIMEOUT,
-        "socket_timeout": PAYSHIFT_BROKER_PUBLISH_TIMEOUT,
+        "socket_connect_timeout": _PUBLISH_TIMEOUT,
+        "socket_timeout": _PUBLISH_TIMEOUT,
         # A task a killed worker held comes back after this; it must exceed the longest retry countdown.
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
         # Look for such orphaned messages every N seconds (kombu's default scan is only every ~100 s).
@@ -250,18 +186,12 @@ if CELERY_RESULT_BACKEND and CELERY_RESULT_BACKEND.startswith(("redis://", "redi
     # contacted by Celery code paths; its defaults would block a caller on a dead Redis: a 120 s socket
     # timeout, no connect timeout, and 20 pub/sub reconnect tries 1 s apart (~19 s). Bound it like the
     # broker, and fail at once instead of retrying (docs/reliability.md "Redis down with a result backend").
-    CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
-    CELERY_REDIS_SOCKET_TIMEOUT = PAYSHIFT_BROKER_PUBLISH_TIMEOUT
+    CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = _PUBLISH_TIMEOUT
+    CELERY_REDIS_SOCKET_TIMEOUT = _PUBLISH_TIMEOUT
     CELERY_REDIS_RETRY_ON_TIMEOUT = False
     CELERY_RESULT_BACKEND_ALWAYS_RETRY = False
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 0}}
-CELERY_BEAT_SCHEDULE = {
-    "check-pending-payments": {
-        "task": "check_pending_payments",
-        "schedule": float(PAYSHIFT_RECONCILE_INTERVAL_SECONDS),
-    },
-    "prune-webhook-bodies": {"task": "prune_webhook_bodies", "schedule": 6 * 3600.0},
-}
+# Beat's entries come from the app itself (payment/periodic.py), as they do in a host project.
 
 # --- Django Q (the fallback queue): ORM broker so it works whenever the database does ----------------------
 Q_CLUSTER = {
@@ -316,9 +246,3 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": "WARNING"},
     },
 }
-
-# --- Operations -------------------------------------------------------------------------------------------
-# /metrics needs this token as "Authorization: Bearer <token>" (or a logged-in staff user). Empty = staff only.
-PAYSHIFT_METRICS_TOKEN = env.str("PAYSHIFT_METRICS_TOKEN", default="")
-# The local gateway sandbox's root (control API), used by test_webhook to seed what the verify API reports.
-PAYSHIFT_SANDBOX_URL = env.str("PAYSHIFT_SANDBOX_URL", default="")

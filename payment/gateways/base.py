@@ -14,9 +14,9 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
-from django.conf import settings
 
 from payment import metrics
+from payment.conf import app_settings
 
 
 class GatewayError(Exception):
@@ -331,10 +331,10 @@ class Gateway(ABC):
         client: httpx.Client | None = getattr(self, "_http", None)
         if client is None:
             timeout = httpx.Timeout(
-                settings.PAYSHIFT_HTTP_READ_TIMEOUT, connect=settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT
+                app_settings.PAYSHIFT_HTTP_READ_TIMEOUT, connect=app_settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT
             )
             client = httpx.Client(
-                base_url=getattr(settings, self.base_url_setting).rstrip("/") + "/",
+                base_url=getattr(app_settings, self.base_url_setting).rstrip("/") + "/",
                 timeout=timeout,
                 headers={"User-Agent": "payshift/0.1"},
             )
@@ -349,8 +349,8 @@ class Gateway(ABC):
         ceiling = _call_timeout.get()
         if ceiling is not None:
             kwargs.setdefault("timeout", httpx.Timeout(
-                min(ceiling, settings.PAYSHIFT_HTTP_READ_TIMEOUT),
-                connect=min(ceiling, settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT)))
+                min(ceiling, app_settings.PAYSHIFT_HTTP_READ_TIMEOUT),
+                connect=min(ceiling, app_settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT)))
         started = time.perf_counter()
         outcome = "error"
         try:

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 import threading
 
-from django.conf import settings
+from payment.conf import app_settings
 
 from .base import Gateway
 
@@ -43,7 +43,7 @@ def _discover() -> None:
 def gateway_names() -> list[str]:
     """Enabled gateways, in a stable order."""
     _discover()
-    enabled = settings.PAYSHIFT_ENABLED_GATEWAYS
+    enabled = app_settings.PAYSHIFT_ENABLED_GATEWAYS
     return sorted(n for n in _classes if enabled is None or n in enabled)
 
 

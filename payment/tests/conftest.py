@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 from django.test import Client
 
-import payshift.celery  # noqa: F401  (the demo project's Celery app is current, as in its web process)
+import payshift.celery  # noqa: F401  (the demo project's Celery app, current as in its web process)
 from payment.gateways.base import json_dumps
 from payment.gateways.registry import gateway_get, registry_reset
 from payment.queueing import circuit

@@ -28,6 +28,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY, generate_latest
 
 from payment import links, services
+from payment.conf import app_settings
 from payment.gateways.base import json_dumps
 from payment.gateways.registry import gateway_names
 from payment.models import (
@@ -94,8 +95,8 @@ def _setting_in_a_fresh_process(extra_env: dict[str, str], tmp_path: Path) -> bo
     env = {k: v for k, v in os.environ.items() if k != "PAYSHIFT_DEMO_PAGES"}
     env.update({"PAYSHIFT_ENV_FILE": str(tmp_path / "none.env"), "PAYSHIFT_VAR_DIR": str(tmp_path / "var"),
                 "DJANGO_SETTINGS_MODULE": "payshift.settings", **extra_env})
-    result = subprocess.run([sys.executable, "-c", "from django.conf import settings; "
-                             "print(settings.PAYSHIFT_DEMO_PAGES)"],
+    result = subprocess.run([sys.executable, "-c", "from payment.conf import app_settings; "
+                             "print(app_settings.PAYSHIFT_DEMO_PAGES)"],
                             cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=60)
     return result.stdout.strip() == "True"
 
@@ -351,7 +352,7 @@ def test_api_timeout_bounds_only_the_callers_calls(client: Client, settings: Any
     client.get(callback_path("TO-CB"), {"reference": "TO-CB"})
     services.payment_verify(reconciled.pk)
     assert timeouts[0]["read"] == 3.0 and timeouts[0]["connect"] == 3.0
-    assert timeouts[1]["read"] == settings.PAYSHIFT_HTTP_READ_TIMEOUT
+    assert timeouts[1]["read"] == app_settings.PAYSHIFT_HTTP_READ_TIMEOUT
 
 
 # --- 13. every customer-facing input through a form: 400 with a message, never a 500 -----------------------
@@ -428,7 +429,7 @@ def test_random_webhook_names_share_one_metric_label(client: Client, settings: A
     for i, name in enumerate(names):
         path = f"/payment/webhooks/{name}/"
         assert client.get(path).status_code == 405
-        oversize = b"x" * (settings.PAYSHIFT_WEBHOOK_MAX_BYTES + 1) if i % 4 == 0 else b"{}"
+        oversize = b"x" * (app_settings.PAYSHIFT_WEBHOOK_MAX_BYTES + 1) if i % 4 == 0 else b"{}"
         assert client.post(path, data=oversize, content_type="application/json").status_code in (404, 413)
         assert client.post(path, data=b"{}", content_type="application/json",
                            CONTENT_LENGTH="not-a-number").status_code == 400

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from payment.conf import app_settings
 from payment.models import WebhookEvent
 
 from .conftest import FLW_HASH, PAYSTACK_KEY, PAYSTACK_OLD_KEY
@@ -211,7 +211,7 @@ def post(client: Client, method: str, gateway: str, body: bytes, content_type: s
         # Rejected requests and duplicates store nothing: unauthenticated traffic cannot grow the database.
         assert WebhookEvent.objects.count() == before and not added, (response.status_code, outcome)
     for row in added:
-        assert len(bytes(row.body)) <= django_settings.PAYSHIFT_WEBHOOK_MAX_BYTES
+        assert len(bytes(row.body)) <= app_settings.PAYSHIFT_WEBHOOK_MAX_BYTES
         assert len(row.headers) <= 45 and all(len(v) <= 256 for v in row.headers.values())
         assert len(row.dedupe_key) <= 255 and len(row.reference) <= 100 and len(row.event) <= 100
         assert "[redacted]" in row.headers.values()  # the signature header is never stored

@@ -284,12 +284,47 @@ def test_checks_quiet_on_good_production_config() -> None:
     ({"PAYSHIFT_ENVIRONMENT": "production", "SECRET_KEY": "x" * 50,
       "PAYSTACK_SECRET_KEY": ["sk_test_payshift_demo_do_not_use_in_production"]}, "payshift.E003"),
     ({"PAYSHIFT_ENVIRONMENT": "production", "SECRET_KEY": "x" * 50, "DEBUG": True}, "payshift.E004"),
-    ({"CELERY_BEAT_SCHEDULE": {}}, "payshift.E005"),
-    ({"CELERY_BROKER_URL": "not a url"}, "payshift.E006"),
     ({"PAYSHIFT_ENVIRONMENT": "production"}, "payshift.E007"),
 ])
 def test_checks_fire_on_misconfiguration(overrides: dict[str, Any], expected: str) -> None:
     assert expected in _ids(**overrides)
+
+
+@pytest.mark.parametrize("conf,expected", [
+    ({"broker_url": "not a url"}, "payshift.E006"),
+])
+def test_checks_read_the_current_celery_app(conf: dict[str, Any], expected: str) -> None:
+    from types import SimpleNamespace
+
+    from celery import current_app
+
+    good = {"beat_schedule": current_app.conf.beat_schedule, "broker_url": "redis://127.0.0.1:6379/0"}
+    with mock.patch("payment.checks.current_app", SimpleNamespace(conf=SimpleNamespace(**{**good, **conf}))):
+        assert expected in _ids()
+    with mock.patch("payment.checks.current_app", SimpleNamespace(conf=SimpleNamespace(**good))):
+        assert expected not in _ids()
+
+
+def test_any_beat_gets_payshifts_periodic_tasks(tmp_path: Any) -> None:
+    """A host's own beat (`celery -A hostproj beat`) schedules check_pending_payments with no setting of its own;
+    an entry of the same name the host scheduled itself wins."""
+    from celery import Celery
+    from celery.beat import PersistentScheduler, Service
+    from celery.signals import beat_init
+
+    host = Celery("host", set_as_current=False)
+    host.conf.beat_schedule = {"hosts-own": {"task": "host.task", "schedule": 10.0},
+                               "prune-webhook-bodies": {"task": "prune_webhook_bodies", "schedule": 60.0}}
+    service = Service(app=host, scheduler_cls=PersistentScheduler, schedule_filename=str(tmp_path / "beat"))
+    try:
+        beat_init.send(sender=service)
+        schedule = service.scheduler.schedule
+        assert schedule["check-pending-payments"].task == "check_pending_payments"
+        assert schedule["hosts-own"].task == "host.task"
+        own = schedule["prune-webhook-bodies"].schedule
+        assert getattr(own, "seconds", None) == 60.0  # the host's own entry wins
+    finally:
+        service.scheduler.close()
 
 
 # --- retention -------------------------------------------------------------------------------------------------

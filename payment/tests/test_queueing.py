@@ -23,6 +23,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from payment import queueing, selectors, services
+from payment.conf import app_settings
 from payment.models import EventStatus, WebhookEvent
 from payshift import settings as settings_module
 from payshift.celery import app
@@ -290,7 +291,7 @@ def test_hung_redis_with_result_backend_costs_one_publish_timeout_then_nothing(
         started = time.monotonic()
         assert signed_post(client, "paystack", paystack_charge("HUNG-0")).status_code == 200
         first = time.monotonic() - started
-        assert first < settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5, first
+        assert first < app_settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5, first
         timings = []
         for i in range(1, 4):
             time.sleep(0.1)
@@ -302,7 +303,7 @@ def test_hung_redis_with_result_backend_costs_one_publish_timeout_then_nothing(
         queueing.circuit.reset()
         started = time.monotonic()
         assert selectors._broker_state()["ok"] is False
-        assert time.monotonic() - started < settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5
+        assert time.monotonic() - started < app_settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5
     finally:
         server.kill()
 
@@ -379,7 +380,7 @@ def test_sweep_dispatch_spares_an_event_claimed_after_the_sweep_query(client: Cl
     """The sweep listed a stale `processing` row; before its UPDATE, a worker claims the row afresh. The
     sweep must not move it back to `queued` (a second worker would verify it at the same time)."""
     event = _stored_event(client, "SWEEP-RACE")
-    stale = timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS + 60)
+    stale = timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS + 60)
     WebhookEvent.objects.filter(pk=event.pk).update(status=EventStatus.PROCESSING, updated_at=stale)
     # The sweep's query lists it here (stale); then, before its UPDATE, a redelivery claims it afresh.
     WebhookEvent.objects.filter(pk=event.pk).update(status=EventStatus.PROCESSING, updated_at=timezone.now())
@@ -402,10 +403,10 @@ def test_sweep_dispatch_spares_fresh_rows_of_every_status(client: Client) -> Non
 
 def test_sweep_dispatch_still_takes_stale_and_due_rows(client: Client, settings: Any) -> None:
     event = _stored_event(client, "SWEEP-STALE")
-    stuck = timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS + 1)
+    stuck = timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS + 1)
     due_cases = [{"status": EventStatus.PROCESSING, "updated_at": stuck},
                  {"status": EventStatus.RECEIVED,
-                  "updated_at": timezone.now() - timedelta(seconds=settings.PAYSHIFT_SWEEP_AFTER_SECONDS + 1)},
+                  "updated_at": timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS + 1)},
                  {"status": EventStatus.UNMATCHED, "next_attempt_at": timezone.now() - timedelta(seconds=1)}]
     for fields in due_cases:
         WebhookEvent.objects.filter(pk=event.pk).update(**{"next_attempt_at": None, **fields})

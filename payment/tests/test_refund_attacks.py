@@ -23,6 +23,7 @@ from django.test import Client
 from django.utils import timezone
 
 from payment import services
+from payment.conf import app_settings
 from payment.gateways import base
 from payment.gateways.base import json_dumps
 from payment.gateways.registry import gateway_get
@@ -161,7 +162,7 @@ def test_dashboard_refund_on_a_long_review_is_booked_when_the_review_ends(
     assert event.status == EventStatus.UNMATCHED
     # Staff take longer than the unmatched window (a day by default) to resolve the review.
     WebhookEvent.objects.filter(pk=event.pk).update(
-        received_at=timezone.now() - timedelta(seconds=settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS + 60))
+        received_at=timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS + 60))
     with mock.patch("payment.queueing.event_dispatch"), capture(execute=True):
         services.pending_payments_check(time_budget_seconds=5)
 

@@ -18,6 +18,7 @@ from django.test import Client
 from django.utils import timezone
 
 from payment import services
+from payment.conf import app_settings
 from payment.gateways import base
 from payment.gateways.base import json_dumps
 from payment.gateways.registry import gateway_get
@@ -143,7 +144,7 @@ def test_refund_whose_submitter_died_becomes_unknown_and_is_never_resent(setting
     refund = requested(payment, 100000)
     # The worker committed "submitted" and died before recording the gateway's answer.
     Refund.objects.filter(pk=refund.pk).update(
-        submitted_at=timezone.now() - timedelta(seconds=settings.PAYSHIFT_PROCESSING_STUCK_SECONDS + 5),
+        submitted_at=timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS + 5),
         updated_at=timezone.now() - timedelta(hours=1))
     with mock.patch("payment.queueing.refund_dispatch") as dispatch, \
             mock.patch.object(type(gateway_get("paystack")), "refunds_for_transaction", return_value=None):

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django_q.models import OrmQ, Schedule
 
 from payment import q_tasks, services, tasks
+from payment.conf import app_settings
 from payment.gateways.base import json_dumps
 from payment.models import (
     EventStatus,
@@ -170,7 +171,7 @@ def test_check_pending_payments_settles_a_missed_webhook(django_capture_on_commi
 def test_check_pending_payments_abandons_only_after_ttl(settings):
     young, old = make_payment("REC-YOUNG"), make_payment("REC-OLD")
     _age(young, 3600)
-    _age(old, settings.PAYSHIFT_PENDING_TTL_SECONDS + 60)
+    _age(old, app_settings.PAYSHIFT_PENDING_TTL_SECONDS + 60)
     for ref in ("REC-YOUNG", "REC-OLD"):
         respx.get(f"{PAYSTACK_API}/transaction/verify/{ref}").mock(return_value=httpx.Response(
             200, content=json_dumps(paystack_verify_answer(ref, status="abandoned"))))
@@ -184,7 +185,7 @@ def test_check_pending_payments_abandons_only_after_ttl(settings):
 @respx.mock
 def test_check_pending_payments_unknown_to_gateway_after_ttl_is_abandoned(settings):
     payment = make_payment("REC-GHOST")
-    _age(payment, settings.PAYSHIFT_PENDING_TTL_SECONDS + 60)
+    _age(payment, app_settings.PAYSHIFT_PENDING_TTL_SECONDS + 60)
     respx.get(f"{PAYSTACK_API}/transaction/verify/REC-GHOST").mock(return_value=httpx.Response(
         400, content=b'{"status":false,"message":"Transaction reference not found"}'))
     services.pending_payments_check(time_budget_seconds=10)

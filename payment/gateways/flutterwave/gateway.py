@@ -11,9 +11,9 @@ from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from django.conf import settings
 from django.utils import timezone
 
+from payment.conf import app_settings
 from payment.gateways import base
 from payment.gateways.registry import register
 from payment.money import MoneyError, major_to_minor, minor_to_major
@@ -148,23 +148,23 @@ class FlutterwaveGateway(base.Gateway):
     sandbox_path = "flutterwave/v3"
 
     def webhook_secrets(self) -> list[str]:
-        return [s for s in settings.FLUTTERWAVE_WEBHOOK_HASH if s]
+        return [s for s in app_settings.FLUTTERWAVE_WEBHOOK_HASH if s]
 
     def api_key(self) -> str:
-        keys = [k for k in settings.FLUTTERWAVE_SECRET_KEY if k]
+        keys = [k for k in app_settings.FLUTTERWAVE_SECRET_KEY if k]
         if not keys:
             raise base.PermanentGatewayError("FLUTTERWAVE_SECRET_KEY is not configured", sent=False)
         return keys[0]
 
     def key_mode(self) -> str:
-        keys = [k for k in settings.FLUTTERWAVE_SECRET_KEY if k]
+        keys = [k for k in app_settings.FLUTTERWAVE_SECRET_KEY if k]
         return "test" if not keys or _is_test_key(keys[0]) else "live"
 
     def configured_key_modes(self) -> dict[str, set[str]]:
-        public = settings.FLUTTERWAVE_PUBLIC_KEY
+        public = app_settings.FLUTTERWAVE_PUBLIC_KEY
         public_keys = [k.strip() for k in (public.split(",") if isinstance(public, str) else public) if k.strip()]
         return {"FLUTTERWAVE_SECRET_KEY": {"test" if _is_test_key(k) else "live"
-                                           for k in settings.FLUTTERWAVE_SECRET_KEY if k},
+                                           for k in app_settings.FLUTTERWAVE_SECRET_KEY if k},
                 "FLUTTERWAVE_PUBLIC_KEY": {"test" if _is_test_key(k) else "live" for k in public_keys}}
 
     def verify_signature(self, body: bytes, headers: Mapping[str, str]) -> bool:

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from django.conf import settings
 from django.utils import timezone
 
+from payment.conf import app_settings
 from payment.gateways import base
 from payment.gateways.registry import register
 from payment.money import MoneyError, parse_minor
@@ -173,7 +173,7 @@ class PaystackGateway(base.Gateway):
 
     def webhook_secrets(self) -> list[str]:
         # There is no separate webhook secret: the API secret key signs.
-        return [s for s in settings.PAYSTACK_SECRET_KEY if s]
+        return [s for s in app_settings.PAYSTACK_SECRET_KEY if s]
 
     def api_key(self) -> str:
         secrets = self.webhook_secrets()
@@ -188,7 +188,7 @@ class PaystackGateway(base.Gateway):
     def configured_key_modes(self) -> dict[str, set[str]]:
         return {"PAYSTACK_SECRET_KEY": {"live" if s.startswith("sk_live_") else "test" for s in self.webhook_secrets()},
                 "PAYSTACK_PUBLIC_KEY": {"live" if s.startswith("pk_live_") else "test"
-                                        for s in _key_list(settings.PAYSTACK_PUBLIC_KEY)}}
+                                        for s in _key_list(app_settings.PAYSTACK_PUBLIC_KEY)}}
 
     def verify_signature(self, body: bytes, headers: Mapping[str, str]) -> bool:
         provided = headers.get(SIGNATURE_HEADER, "")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from payment import services
+from payment.conf import app_settings
 
 
 class Command(BaseCommand):
@@ -15,7 +15,7 @@ class Command(BaseCommand):
             "PAYSHIFT_RETENTION_DAYS). Rows and dedupe keys stay, so a replayed capture is still a duplicate.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--days", type=int, default=settings.PAYSHIFT_RETENTION_DAYS)
+        parser.add_argument("--days", type=int, default=app_settings.PAYSHIFT_RETENTION_DAYS)
         parser.add_argument("--dry-run", action="store_true")
 
     def handle(self, *args: Any, **opts: Any) -> None:

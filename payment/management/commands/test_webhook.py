@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from payment.conf import app_settings
 from payment.gateways.base import GatewayError, json_dumps
 from payment.gateways.registry import UnknownGatewayError, gateway_get, gateway_names
 from payment.models import Mode, Payment, PaymentStatus, WebhookEvent
@@ -52,7 +52,7 @@ class Command(BaseCommand):
                             help="the customer paid less than expected; the webhook still claims full amount")
         parser.add_argument("--no-wait", action="store_true", help="do not wait for the final state")
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for final states")
-        parser.add_argument("--sandbox-url", default=settings.PAYSHIFT_SANDBOX_URL,
+        parser.add_argument("--sandbox-url", default=app_settings.PAYSHIFT_SANDBOX_URL,
                             help="sandbox control API (default PAYSHIFT_SANDBOX_URL); empty = do not seed it")
 
     def handle(self, *args: Any, **opts: Any) -> None:
