@@ -96,6 +96,8 @@ _SETTINGS: dict[str, _Setting] = {
     "PAYSHIFT_STAFF_EMAILS": _Setting([], _as_list),
     "PAYSHIFT_NOTIFICATION_TRIES": _Setting(5, int),
     "PAYSHIFT_NOTIFICATION_CHANNELS": _Setting(["payment.notifications.EmailChannel"], _as_list),
+    # The site's public root (https://shop.example.com): absolute customer links built outside a request.
+    "PAYSHIFT_PUBLIC_URL": _Setting("", str),
     # Operations
     "PAYSHIFT_METRICS_TOKEN": _Setting("", str),
     "PAYSHIFT_SANDBOX_URL": _Setting("", str),
@@ -144,6 +146,7 @@ class AppSettings:
     PAYSHIFT_STAFF_EMAILS: list[str]
     PAYSHIFT_NOTIFICATION_TRIES: int
     PAYSHIFT_NOTIFICATION_CHANNELS: list[str]
+    PAYSHIFT_PUBLIC_URL: str
     PAYSHIFT_METRICS_TOKEN: str
     PAYSHIFT_SANDBOX_URL: str
 

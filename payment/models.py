@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q
 
@@ -43,6 +45,11 @@ class Payment(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments"
     )
+    # The host's own object this payment is for (an order, an invoice, a booking): any model, by content type
+    # and primary key, so Payshift needs no foreign key into the host's schema (payment.api.payment_start).
+    order_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    order_id = models.CharField(max_length=64, blank=True, default="")
+    order = GenericForeignKey("order_type", "order_id")
     metadata = models.JSONField(default=dict, blank=True)
     gateway_transaction_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     amount_paid = models.BigIntegerField(null=True, blank=True, help_text="What the gateway's API reported.")
@@ -62,6 +69,7 @@ class Payment(models.Model):
         indexes = [
             models.Index(fields=["status", "last_verified_at"], name="payment_status_verified_idx"),
             models.Index(fields=["status", "created_at"], name="payment_status_created_idx"),
+            models.Index(fields=["order_type", "order_id"], name="payment_order_idx"),
         ]
         permissions = [
             # Money going out and a person's verdict on quarantined money: more than the admin's view access.

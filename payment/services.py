@@ -804,9 +804,12 @@ def payment_verify(payment_id: int, *, source: str = TransitionSource.RECONCILE,
 
 
 # --- initiation -------------------------------------------------------------------------------------------
+_REFERENCE_MAX = 100  # Payment.reference's column
+
+
 def payment_create(*, gateway_name: str, amount: int, currency: str, email: str,
                    callback_url: str | Callable[[str], str], reference: str | None = None,
-                   metadata: Mapping[str, Any] | None = None, user: Any = None) -> Payment:
+                   metadata: Mapping[str, Any] | None = None, user: Any = None, order: Any = None) -> Payment:
     """Create the pending row FIRST (so no webhook can beat it), then ask the gateway for a checkout.
 
     `callback_url` may be a function of the new reference: the customer's link back carries a token
@@ -817,11 +820,17 @@ def payment_create(*, gateway_name: str, amount: int, currency: str, email: str,
     gateway = gateway_get(gateway_name)
     if amount <= 0:
         raise PaymentCreateError("amount must be a positive number of minor units")
-    payment = Payment.objects.create(
-        reference=reference or f"PS-{uuid.uuid4().hex[:20]}", gateway=gateway_name, amount=amount,
-        currency=currency.upper(), mode=gateway.key_mode(), customer_email=email, metadata=dict(metadata or {}),
-        user=user,
-    )
+    if reference is not None and not 0 < len(reference) <= _REFERENCE_MAX:
+        raise PaymentCreateError("a reference has 1 to 100 characters")
+    try:
+        with transaction.atomic():
+            payment = Payment.objects.create(
+                reference=reference or f"PS-{uuid.uuid4().hex[:20]}", gateway=gateway_name, amount=amount,
+                currency=currency.upper(), mode=gateway.key_mode(), customer_email=email,
+                metadata=dict(metadata or {}), user=user, order=order,
+            )
+    except IntegrityError as exc:
+        raise PaymentCreateError(f"reference {reference!r} is already used") from exc
     try:
         session = gateway.initialize_checkout(reference=payment.reference, amount=amount,
                                               currency=payment.currency, email=email,
