@@ -18,7 +18,7 @@ from payment.models import Payment
 # Typical Nigerian checkout amounts in kobo (N1,500 to N99,999), so bodies have realistic sizes and values.
 _AMOUNTS = (150_000, 250_000, 500_000, 750_000, 1_000_000, 1_250_000, 2_500_000, 4_999_900, 9_999_900)
 SIGNATURE_HEADERS = {"paystack": "x-paystack-signature", "flutterwave": "verif-hash"}
-# What each gateway calls a successful charge (gateways.md).
+# What each gateway calls a successful charge (docs/gateway-facts.md).
 SUCCESS_EVENTS = {"paystack": "charge.success", "flutterwave": "charge.completed"}
 
 

@@ -65,7 +65,7 @@ class Driver:
                   after_first_ok: Callable[[Case], Awaitable[None]] | None = None) -> None:
         self.total = sum(c.sends for c in cases)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        # 30 s, Paystack's own delivery timeout (gateways.md).
+        # 30 s, Paystack's own delivery timeout (docs/gateway-facts.md, Paystack webhooks).
         async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
             tasks: list[asyncio.Task[None]] = []
             self.first_send_at = self.now()

@@ -33,7 +33,7 @@ from .models import (
 
 _SECRET_HEADER_HINTS = ("signature", "hash", "authorization", "cookie", "token", "secret", "key")
 # Card data and reusable tokens in gateway bodies (Paystack `authorization`, Flutterwave `card`): kept in
-# the stored raw bytes for replay, never shown to a person (design.md invariant: no card data in the admin).
+# the stored raw bytes for replay, never shown to a person (no card data in the admin: docs/reliability.md).
 # Field names that hold card data under any gateway, on top of what each gateway class declares.
 _CARD_KEYS_ANY_GATEWAY = frozenset({"card_number", "cvv", "pan"})
 

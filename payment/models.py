@@ -115,7 +115,7 @@ class EventKind(models.TextChoices):
 
 
 class WebhookEvent(models.Model):
-    """The inbox: every authentic delivery, stored before we answer (design.md 1, steps 4-6)."""
+    """The inbox: every authentic delivery, stored before we answer (docs/architecture.md, the pipeline)."""
 
     gateway = models.CharField(max_length=32)
     event = models.CharField(max_length=100)

@@ -22,7 +22,7 @@ UNFINISHED = [EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, 
 
 
 def payment_show_data(reference: str) -> dict[str, Any] | None:
-    """The JSON object of `payment_show --json` (design.md section 2, a fixed contract)."""
+    """The JSON object of `payment_show --json` (a fixed contract: docs/operations.md)."""
     payment = Payment.objects.filter(reference=reference).first()
     if payment is None:
         return None

@@ -220,7 +220,7 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
         updated_at=timezone.now()
     )
     if not claimed:
-        # Already processed, ignored or dead (or unknown): "already applied" is a no-op (design.md 4.4).
+        # Already processed, ignored or dead (or unknown): "already applied" is a no-op (docs/architecture.md).
         current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
         return current or "missing"
     try:
@@ -1065,7 +1065,7 @@ def events_prune(*, older_than_days: int, dry_run: bool = False, batch_size: int
     """Drop raw bodies and headers of finished events; keep the rows and their dedupe keys.
 
     Paystack signatures carry no timestamp, so a captured delivery stays valid forever: the dedupe key
-    is the only replay defence, and it must outlive the payload (gateways.md).
+    is the only replay defence, and it must outlive the payload (docs/gateway-facts.md, Paystack).
     """
     cutoff = timezone.now() - timedelta(days=older_than_days)
     candidates = WebhookEvent.objects.filter(status__in=[EventStatus.PROCESSED, EventStatus.IGNORED],

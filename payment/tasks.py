@@ -1,4 +1,4 @@
-"""Celery tasks: take ids, call services, own the retry policy (design.md 4.5)."""
+"""Celery tasks: take ids, call services, own the retry policy (docs/architecture.md, retries)."""
 
 from __future__ import annotations
 

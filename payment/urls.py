@@ -7,7 +7,7 @@ from . import views, webhooks
 app_name = "payment"
 
 urlpatterns = [
-    # One pattern for every registered gateway: a new gateway needs no new URL (design.md 2).
+    # One pattern for every registered gateway: a new gateway needs no new URL (docs/adding-a-gateway.md).
     # The trailing slash is optional here: gateways do not follow the 301 APPEND_SLASH would send.
     re_path(r"^webhooks/(?P<gateway>[-a-zA-Z0-9_]+)/?$", webhooks.webhook, name="webhook"),
     # Customer pages: the token is signed over the payment's reference (payment/links.py); without it,

@@ -60,7 +60,7 @@ def _reject(gateway: str, reason: str, status: int, request: HttpRequest, **extr
 
 @csrf_exempt
 def webhook(request: HttpRequest, gateway: str) -> HttpResponse:
-    """POST /payment/webhooks/<gateway>/ (design.md 1, steps 1-6)."""
+    """POST /payment/webhooks/<gateway>/ (docs/architecture.md, the pipeline)."""
     label = metrics.gateway_label(gateway)
     try:
         if request.method != "POST":

@@ -11,7 +11,7 @@ from payment.selectors import payment_show_data
 
 
 class Command(BaseCommand):
-    help = "Show a payment by reference (--json prints the object documented in design.md section 2)."
+    help = "Show a payment by reference (--json prints the object documented in docs/operations.md)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("reference")
