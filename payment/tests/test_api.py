@@ -144,3 +144,12 @@ def test_every_payshift_setting_has_a_default_without_any_setting(settings: Any)
     assert values["PAYSTACK_SECRET_KEY"] == [] and values["PAYSHIFT_ENABLED_GATEWAYS"] is None
     with pytest.raises(AttributeError):
         app_settings.PAYSHIFT_WEBHOOK_MAX_BYTES = 5
+
+
+def test_every_payshift_setting_is_documented() -> None:
+    from pathlib import Path
+
+    from payment.conf import AppSettings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert [name for name in AppSettings.names() if f"`{name}`" not in doc] == []
