@@ -14,7 +14,7 @@ from typing import Any
 PENDING, SUCCESS, FAILED, REVIEW, REFUNDED, PARTIALLY_REFUNDED = (
     "pending", "success", "failed", "review", "refunded", "partially_refunded")
 
-# Which notification each transition must write, once (services._CUSTOMER_NOTIFICATIONS and review).
+# Which notification each transition must write, once (payment/services/state.py and review).
 NOTIFICATION_FOR: dict[str, str] = {
     SUCCESS: "payment_succeeded",
     FAILED: "payment_failed",

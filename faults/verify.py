@@ -72,7 +72,7 @@ def fact_keys(cases: list[Case]) -> dict[bytes, tuple[str, str] | None]:
     """(gateway, dedupe key) of every authentic body, by Payshift's own parser (computed before the run)."""
     from payment.gateways.base import InvalidPayloadError
     from payment.gateways.registry import gateway_get
-    from payment.services import _bounded_key
+    from payment.services.ingest import event_dedupe_key
 
     keys: dict[bytes, tuple[str, str] | None] = {}
     for case in cases:
@@ -80,7 +80,7 @@ def fact_keys(cases: list[Case]) -> dict[bytes, tuple[str, str] | None]:
             if send.authentic and send.body not in keys:
                 try:
                     parsed = gateway_get(send.gateway).parse_event(send.body)
-                    keys[send.body] = (send.gateway, _bounded_key(parsed.dedupe_key))
+                    keys[send.body] = (send.gateway, event_dedupe_key(parsed.dedupe_key))
                 except InvalidPayloadError:
                     keys[send.body] = None
     return keys

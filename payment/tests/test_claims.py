@@ -56,7 +56,7 @@ def _terminate_own_backend() -> None:
 @pytest.fixture
 def charge_handler() -> Iterator[Callable[[Callable[[WebhookEvent], str]], None]]:
     """Wrap the charge handler: `wrap(before)` runs `before(event)` ahead of the real handler, once."""
-    real = services._EVENT_HANDLERS["charge"]
+    real = services.EVENT_HANDLERS["charge"]
     calls = {"n": 0}
 
     def install(before: Callable[[WebhookEvent], Any]) -> None:
@@ -66,10 +66,10 @@ def charge_handler() -> Iterator[Callable[[Callable[[WebhookEvent], str]], None]
                 before(event)
             return real(event)
 
-        services._EVENT_HANDLERS["charge"] = handler
+        services.EVENT_HANDLERS["charge"] = handler
 
     yield install
-    services._EVENT_HANDLERS["charge"] = real
+    services.EVENT_HANDLERS["charge"] = real
 
 
 def _fail(event: WebhookEvent) -> None:
@@ -105,7 +105,7 @@ def test_claim_the_database_kept_is_retaken_only_by_the_retry_holding_its_token(
     event = _event(client, "CLAIM-DB-2")
     route = verify_route("CLAIM-DB-2", paystack_verify_answer("CLAIM-DB-2"))
     charge_handler(_fail)
-    with mock.patch("payment.services._event_fail", side_effect=OperationalError("the database is down")), \
+    with mock.patch("payment.services.inbox.event_fail", side_effect=OperationalError("the database is down")), \
             pytest.raises(OperationalError):
         services.webhook_event_process(event.pk, via="celery", claim="token-a")
     assert (_row(event).status, _row(event).claim_token) == (EventStatus.PROCESSING, "token-a")
@@ -123,13 +123,13 @@ def test_claim_the_database_kept_is_retaken_only_by_the_retry_holding_its_token(
 def test_a_retaken_claim_gets_a_new_token_so_a_copy_of_the_retry_stays_out(client: Client) -> None:
     event = _event(client, "CLAIM-DB-3")
     WebhookEvent.objects.filter(pk=event.pk).update(status=EventStatus.PROCESSING, claim_token="token-a")
-    with mock.patch.dict(services._EVENT_HANDLERS, {"charge": _fail}), \
-            mock.patch("payment.services._event_fail", side_effect=OperationalError("still down")), \
+    with mock.patch.dict(services.EVENT_HANDLERS, {"charge": _fail}), \
+            mock.patch("payment.services.inbox.event_fail", side_effect=OperationalError("still down")), \
             pytest.raises(OperationalError):
         services.webhook_event_process(event.pk, via="celery", claim="token-b", retake="token-a")
     assert _row(event).claim_token == "token-b"
     # A second delivery of the same retry message carries the old token: the claim is not its to take.
-    with mock.patch.dict(services._EVENT_HANDLERS, {"charge": _fail}):
+    with mock.patch.dict(services.EVENT_HANDLERS, {"charge": _fail}):
         assert services.webhook_event_process(event.pk, via="celery", claim="token-c",
                                               retake="token-a") == EventStatus.PROCESSING
     assert _row(event).claim_token == "token-b"
@@ -143,7 +143,7 @@ def test_celery_retry_after_a_database_error_processes_the_event_at_once(client:
     event = _event(client, "CLAIM-CELERY")
     route = verify_route("CLAIM-CELERY", paystack_verify_answer("CLAIM-CELERY"))
     charge_handler(_fail)
-    real_fail = services._event_fail
+    real_fail = services.inbox.event_fail
     refusals = {"n": 0}
 
     def release_refused_once(*args: Any, **kwargs: Any) -> None:
@@ -152,7 +152,7 @@ def test_celery_retry_after_a_database_error_processes_the_event_at_once(client:
             raise OperationalError("the database is down")
         real_fail(*args, **kwargs)
 
-    with mock.patch("payment.services._event_fail", side_effect=release_refused_once):
+    with mock.patch("payment.services.inbox.event_fail", side_effect=release_refused_once):
         result = tasks.process_payment_webhook.apply(args=[event.pk])
     assert result.get() == EventStatus.PROCESSED
     assert route.call_count == 1
@@ -180,7 +180,7 @@ def test_django_q_retries_in_process_when_the_database_refuses_the_schedule_too(
     event = _event(client, "CLAIM-Q-2")
     route = verify_route("CLAIM-Q-2", paystack_verify_answer("CLAIM-Q-2"))
     charge_handler(_fail)
-    real_fail = services._event_fail
+    real_fail = services.inbox.event_fail
     refusals = {"n": 0}
 
     def release_refused_once(*args: Any, **kwargs: Any) -> None:
@@ -189,7 +189,7 @@ def test_django_q_retries_in_process_when_the_database_refuses_the_schedule_too(
             raise OperationalError("the database is down")
         real_fail(*args, **kwargs)
 
-    with mock.patch("payment.services._event_fail", side_effect=release_refused_once), \
+    with mock.patch("payment.services.inbox.event_fail", side_effect=release_refused_once), \
             mock.patch("payment.queueing.event_hand_to_django_q", return_value=False) as hand, \
             mock.patch("payment.q_tasks.time.sleep") as sleep:
         assert q_tasks.process_payment_webhook_q(event.pk) == EventStatus.PROCESSED
@@ -200,7 +200,7 @@ def test_django_q_retries_in_process_when_the_database_refuses_the_schedule_too(
 
 def test_django_q_gives_up_to_the_sweep_after_the_database_retries(client: Client) -> None:
     event = _event(client, "CLAIM-Q-3")
-    with mock.patch.dict(services._EVENT_HANDLERS, {"charge": _fail}):
+    with mock.patch.dict(services.EVENT_HANDLERS, {"charge": _fail}):
         assert q_tasks.process_payment_webhook_q(event.pk, 0, "", q_tasks.DB_RETRIES) == "left_for_sweep"
     row = _row(event)
     assert row.status == EventStatus.FAILED  # not dead: the sweep dispatches it again

@@ -251,7 +251,7 @@ def test_refund_mark_unknown_and_a_refund_event_never_deadlock(pg_threads: None)
                                    submitted_at=timezone.now())
     event = store(refund_event("AT-LOCK", amount=100000, refund_reference="RF-LOCK"))
     updated, go = threading.Event(), threading.Event()
-    real_create = services._notification_create
+    real_create = services.refunds.notification_create
 
     def paused_create(**fields: Any) -> Any:
         if threading.current_thread().name == "mark-unknown":
@@ -260,7 +260,7 @@ def test_refund_mark_unknown_and_a_refund_event_never_deadlock(pg_threads: None)
         return real_create(**fields)
 
     errors: list[BaseException] = []
-    with mock.patch.object(services, "_notification_create", side_effect=paused_create):
+    with mock.patch.object(services.refunds, "notification_create", side_effect=paused_create):
         marker = in_thread(lambda: services.refund_mark_unknown(refund.pk, "read timed out"), errors,
                            name="mark-unknown")
         assert updated.wait(10)

@@ -16,7 +16,7 @@ from django_q.models import OrmQ, Schedule
 
 from payment import q_tasks, services, tasks
 from payment.conf import app_settings
-from payment.gateways.base import json_dumps
+from payment.gateways.base import TransientGatewayError, json_dumps
 from payment.models import (
     EventStatus,
     Notification,
@@ -386,7 +386,7 @@ def test_refund_connection_refused_is_retried_safely():
     with mock.patch("payment.queueing.refund_dispatch"):
         refund = services.refund_request(payment.pk, amount=100000, idempotency_key="refused")
     respx.post(f"{PAYSTACK_API}/refund").mock(side_effect=httpx.ConnectError("refused"))
-    with pytest.raises(services.base.TransientGatewayError):
+    with pytest.raises(TransientGatewayError):
         services.refund_submit(refund.pk)
     refund.refresh_from_db()
     assert refund.submitted_at is None  # certainly not received: a retry may send it

@@ -1,0 +1,111 @@
+"""Webhook event rows: finish, fail, retry later, dead (a person looks), kept until they can apply."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, transaction
+from django.utils import timezone
+
+from payment.conf import app_settings
+
+from .. import metrics
+from ..models import (
+    EventStatus,
+    NotificationKind,
+    Payment,
+    Recipient,
+    WebhookEvent,
+)
+from .state import deliver_after_commit, notification_create
+
+logger = logging.getLogger("payment.services")
+
+
+def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None) -> str:
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": status, "last_error": error[:2000], "updated_at": now,
+                              "next_attempt_at": None}
+    if status in (EventStatus.PROCESSED, EventStatus.IGNORED):
+        fields["processed_at"] = now
+    if payment is not None:
+        fields["payment"] = payment
+    WebhookEvent.objects.filter(pk=event.pk).update(**fields)
+    if status == EventStatus.PROCESSED:
+        metrics.PROCESS_LATENCY.labels(event.gateway).observe((now - event.received_at).total_seconds())
+    metrics.EVENTS_PROCESSED.labels(event.gateway, status).inc()
+    logger.info("webhook %s", status, extra={"event_id": event.pk, "gateway": event.gateway,
+                                             "event": event.event, "reference": event.reference,
+                                             "error": error or None})
+    return status
+
+
+def event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str, Any] | None = None,
+                reconnect: bool = False) -> None:
+    """Give up this attempt's claim (only if it is still ours): the event is `failed` and claimable again.
+    With `reconnect`, a database error gets one more try on a new connection (the error that made us
+    release usually broke this one); the second error is raised."""
+    def release() -> int:
+        return WebhookEvent.objects.filter(pk=event_id, status=EventStatus.PROCESSING, claim_token=claim).update(
+            status=EventStatus.FAILED, claim_token="", last_error=error[:2000], updated_at=timezone.now())
+
+    try:
+        released = release()
+    except (DatabaseError, InterfaceError):
+        connection = transaction.get_connection()
+        if not reconnect or connection.in_atomic_block:
+            raise
+        connection.close()
+        released = release()
+    logger.warning("webhook attempt failed", extra={"event_id": event_id, **(log_fields or {}), "error": error,
+                                                    "claim_released": bool(released)})
+
+
+def event_schedule_retry(event_id: int, at: Any) -> None:
+    WebhookEvent.objects.filter(pk=event_id).exclude(
+        status__in=[EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD]
+    ).update(status=EventStatus.FAILED, next_attempt_at=at, updated_at=timezone.now())
+
+
+def event_mark_dead(event_id: int, error: str) -> None:
+    """Retries exhausted or a permanent failure: a person must look. Logged at error, staff notified."""
+    with transaction.atomic():
+        updated = WebhookEvent.objects.filter(pk=event_id).exclude(
+            status__in=[EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD]
+        ).update(status=EventStatus.DEAD, last_error=error[:2000], updated_at=timezone.now(),
+                 next_attempt_at=None)
+        if not updated:
+            return
+        event = WebhookEvent.objects.get(pk=event_id)
+        payment = event.payment or Payment.objects.filter(reference=event.reference, gateway=event.gateway).first()
+        notification = notification_create(
+            kind=NotificationKind.EVENT_DEAD, recipient=Recipient.STAFF, payment=payment, event=event,
+            message=f"Webhook event #{event.pk} ({event.gateway} {event.event}, reference "
+                    f"{event.reference or '-'}) needs a person: {error[:300]}",
+        )
+    metrics.EVENTS_PROCESSED.labels(event.gateway, EventStatus.DEAD).inc()
+    logger.error("webhook dead", extra={"event_id": event.pk, "gateway": event.gateway, "event": event.event,
+                                        "reference": event.reference, "error": error})
+    if notification is not None:
+        deliver_after_commit([notification.pk])
+
+
+def event_unmatched(event: WebhookEvent, note: str = "", *, payment: Payment | None = None) -> str:
+    """Keep an event we cannot apply yet (no such payment, or a charge not settled): retried while young.
+
+    An event kept for a payment that exists (`payment` set) waits for that payment and never goes dead for
+    want of one."""
+    WebhookEvent.objects.filter(pk=event.pk).update(
+        status=EventStatus.UNMATCHED, updated_at=timezone.now(), last_error=note, payment=payment,
+        next_attempt_at=timezone.now() + timedelta(seconds=app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS),
+    )
+    logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
+                                               "reference": event.reference, "error": note or None})
+    return EventStatus.UNMATCHED
+
+
+def payment_for_event(event: WebhookEvent) -> Payment | None:
+    return Payment.objects.filter(reference=event.reference, gateway=event.gateway).first()

@@ -1,0 +1,129 @@
+"""The inbox processor: claim one stored event, run its handler, and replay or prune events."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.db import DatabaseError, InterfaceError
+from django.db.models import F, Q
+from django.utils import timezone
+
+from payment.conf import app_settings
+
+from .. import metrics
+from ..gateways import base
+from ..models import (
+    EventKind,
+    EventStatus,
+    WebhookEvent,
+)
+from .events import event_fail, event_finish, event_mark_dead
+from .refunds import refund_event_apply
+from .scheduling import id_batches
+from .verification import charge_event_apply
+
+logger = logging.getLogger("payment.services")
+
+
+_CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.UNMATCHED)
+
+
+def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim: str = "",
+                          retake: str = "") -> str:
+    """Process one stored event; safe to run twice or concurrently. Returns the event's status.
+
+    `claim` is this attempt's token (new for every attempt; generated when empty). `retake` is the token of
+    the attempt this one retries: it may take back a claim that a database error kept from being released.
+    Raises base.TransientGatewayError when a retry can fix it, and database errors (the claim released when
+    the database allows it); the caller owns the retry policy and hands `claim` to its retry as `retake`.
+    """
+    claim = claim or uuid.uuid4().hex
+    statuses = [*_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else _CLAIMABLE
+    # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
+    # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
+    # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
+    stuck = timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
+    if retake:
+        claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
+    if force:
+        claimable |= Q(status=EventStatus.PROCESSING)
+    claimed = WebhookEvent.objects.filter(claimable, pk=event_id).update(
+        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, claim_token=claim,
+        updated_at=timezone.now()
+    )
+    if not claimed:
+        # Already processed, ignored or dead (or unknown): "already applied" is a no-op (docs/architecture.md).
+        current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
+        return current or "missing"
+    try:
+        event = WebhookEvent.objects.get(pk=event_id)
+        handler = EVENT_HANDLERS.get(event.kind)
+        if handler is None:
+            return event_finish(event, EventStatus.IGNORED)
+        return handler(event)
+    except base.TransientGatewayError as exc:
+        metrics.EVENTS_FAILED.labels(event.gateway, "true").inc()
+        if event.attempts >= app_settings.PAYSHIFT_MAX_EVENT_ATTEMPTS:
+            # A ceiling across every path (Celery, Django Q, sweep), so nothing retries for ever unseen.
+            event_mark_dead(event.pk, f"gave up after {event.attempts} attempts: {exc}")
+            return EventStatus.DEAD
+        event_fail(event_id, str(exc), claim=claim, log_fields={"gateway": event.gateway,
+                                                                 "reference": event.reference})
+        raise
+    except (base.PermanentGatewayError, base.InvalidPayloadError) as exc:
+        metrics.EVENTS_FAILED.labels(event.gateway, "false").inc()
+        event_mark_dead(event.pk, f"permanent: {exc}")
+        return EventStatus.DEAD
+    except (DatabaseError, InterfaceError) as exc:
+        # Release the claim so the caller's retry (seconds away) can take it, not the sweep in 15 minutes.
+        # Where the database refuses even that, the claim keeps our token and that retry retakes it.
+        try:
+            event_fail(event_id, f"database error: {type(exc).__name__}: {exc}", claim=claim, reconnect=True)
+        except (DatabaseError, InterfaceError) as release_error:
+            logger.warning("claim not released: the retry retakes it by its token",
+                           extra={"event_id": event_id, "error": f"{type(release_error).__name__}: {release_error}"})
+        raise
+
+
+EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
+    EventKind.CHARGE: charge_event_apply,
+    EventKind.REFUND: refund_event_apply,
+}
+
+
+_REPLAYABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.DEAD,
+               EventStatus.UNMATCHED)
+
+
+def event_requeue(event_id: int, *, force: bool = False) -> bool:
+    """Make an event eligible for processing again (replay). A processed event only with force: even then
+    the payment state machine decides, so a replay can never move a payment backwards or notify twice."""
+    statuses = [*_REPLAYABLE, EventStatus.PROCESSED] if force else list(_REPLAYABLE)
+    updated = WebhookEvent.objects.filter(pk=event_id, status__in=statuses).exclude(kind=EventKind.OTHER).update(
+        status=EventStatus.QUEUED, next_attempt_at=None, updated_at=timezone.now())
+    if updated:
+        logger.info("webhook requeued", extra={"event_id": event_id, "force": force})
+    return bool(updated)
+
+
+def events_prune(*, older_than_days: int, dry_run: bool = False, batch_size: int = 1000) -> int:
+    """Drop raw bodies and headers of finished events; keep the rows and their dedupe keys.
+
+    Paystack signatures carry no timestamp, so a captured delivery stays valid forever: the dedupe key
+    is the only replay defence, and it must outlive the payload (docs/gateway-facts.md, Paystack).
+    """
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    candidates = WebhookEvent.objects.filter(status__in=[EventStatus.PROCESSED, EventStatus.IGNORED],
+                                             received_at__lt=cutoff, pruned_at__isnull=True)
+    if dry_run:
+        return candidates.count()
+    pruned = 0
+    for ids in id_batches(candidates, batch_size):
+        pruned += WebhookEvent.objects.filter(pk__in=ids, pruned_at__isnull=True).update(
+            body=b"", headers={}, pruned_at=timezone.now())
+    logger.info("webhook bodies pruned", extra={"count": pruned, "older_than_days": older_than_days})
+    return pruned

@@ -1,0 +1,182 @@
+"""The payment state machine: forward-only moves, each with its audit row and notification rows, and the
+side effects (channels, signals) run after commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from payment.conf import app_settings
+
+from .. import signals
+from ..models import (
+    Notification,
+    NotificationKind,
+    Payment,
+    PaymentStatus,
+    PaymentTransition,
+    Recipient,
+    TransitionSource,
+    WebhookEvent,
+)
+from ..money import minor_to_major
+from ..notifications import notification_deliver
+
+logger = logging.getLogger("payment.services")
+
+
+S = PaymentStatus
+
+
+# The forward-only state machine (docs/architecture.md has the diagram). `failed` and `abandoned` are not
+# final: Flutterwave sends a webhook per failed attempt and an abandoned Paystack checkout can still be paid.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PENDING: frozenset({S.SUCCESS, S.FAILED, S.ABANDONED, S.REVIEW}),
+    S.ABANDONED: frozenset({S.SUCCESS, S.FAILED, S.REVIEW}),
+    S.FAILED: frozenset({S.SUCCESS, S.REVIEW}),
+    S.SUCCESS: frozenset({S.REVERSED, S.REFUNDED, S.PARTIALLY_REFUNDED}),
+    S.PARTIALLY_REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED, S.REVERSED}),
+    # Only a person (or a refund) moves a payment out of review: no gateway event can.
+    S.REVIEW: frozenset({S.SUCCESS, S.FAILED, S.REFUNDED, S.PARTIALLY_REFUNDED}),
+    S.REFUNDED: frozenset(),
+    S.REVERSED: frozenset(),
+}
+
+
+_REVIEW_EXITS = frozenset({TransitionSource.STAFF, TransitionSource.REFUND})
+
+
+# Statuses in which a charge event can still change something (else it is "already applied").
+OPEN_STATUSES = frozenset({S.PENDING, S.FAILED, S.ABANDONED})
+
+
+# Statuses in which our books hold the charge's money (a refund of it can be booked without a person).
+CHARGE_SETTLED = frozenset({S.SUCCESS, S.PARTIALLY_REFUNDED, S.REFUNDED, S.REVERSED})
+
+
+_CUSTOMER_NOTIFICATIONS: dict[str, str] = {
+    S.SUCCESS: NotificationKind.PAYMENT_SUCCEEDED,
+    S.FAILED: NotificationKind.PAYMENT_FAILED,
+    S.REFUNDED: NotificationKind.PAYMENT_REFUNDED,
+    S.PARTIALLY_REFUNDED: NotificationKind.PAYMENT_REFUNDED,
+}
+
+
+def payment_transition(payment: Payment, to_status: str, *, source: str, event: WebhookEvent | None = None,
+                       details: Mapping[str, Any] | None = None, review_reason: str | None = None,
+                       reason: str = "", actor: str = "") -> PaymentTransition | None:
+    """Move a LOCKED payment forward, with its audit row and notification rows, in the caller's transaction.
+
+    Returns None (and changes nothing) when the move is not allowed by the state machine.
+    """
+    from_status = payment.status
+    allowed = ALLOWED_TRANSITIONS.get(from_status, frozenset())
+    if to_status not in allowed or (from_status == S.REVIEW and source not in _REVIEW_EXITS):
+        logger.info("transition refused", extra={"reference": payment.reference, "from": from_status,
+                                                  "to": to_status, "source": source})
+        return None
+    now = timezone.now()
+    payment.status = to_status
+    if to_status == S.REVIEW:
+        payment.review_reason = review_reason or ""
+    if to_status == S.SUCCESS and payment.paid_at is None:
+        payment.paid_at = now
+    payment.last_verified_at = now
+    payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "currency_paid",
+                                "gateway_transaction_id", "amount_refunded", "last_verified_at", "updated_at"])
+    transition = PaymentTransition.objects.create(
+        payment=payment, from_status=from_status, to_status=to_status, source=source, event=event,
+        reason=reason[:255] or (review_reason or ""), details=dict(details or {}), actor=actor[:150],
+    )
+    notification_ids = []
+    kind = _CUSTOMER_NOTIFICATIONS.get(to_status)
+    if kind is not None:
+        n = notification_create(kind=kind, recipient=Recipient.CUSTOMER, payment=payment, transition=transition,
+                                 message=_customer_message(payment, to_status, details or {}))
+        notification_ids.append(n.pk if n else None)
+    if to_status == S.REVIEW:
+        n = notification_create(
+            kind=NotificationKind.PAYMENT_REVIEW, recipient=Recipient.STAFF, payment=payment,
+            transition=transition,
+            message=f"Payment {payment.reference} is in review ({review_reason}): {dict(details or {})}",
+        )
+        notification_ids.append(n.pk if n else None)
+    logger.info("payment transition", extra={"reference": payment.reference, "gateway": payment.gateway,
+                                             "from": from_status, "to": to_status, "source": source,
+                                             "event_id": event.pk if event else None})
+    transaction.on_commit(lambda: transition_hooks_run(transition.pk))
+    if to_status in CHARGE_SETTLED and from_status not in CHARGE_SETTLED:
+        payment_id = payment.pk
+        # Refunds build on this module (they move payments): importing them here breaks that cycle.
+        from .refunds import refund_events_release
+
+        transaction.on_commit(lambda: refund_events_release(payment_id))
+    return transition
+
+
+def _customer_message(payment: Payment, status: str, details: Mapping[str, Any]) -> str:
+    def money(amount: int, currency: str) -> str:
+        return f"{minor_to_major(amount, currency)} {currency}"
+
+    amount = money(payment.amount, payment.currency)
+    if status in (S.REFUNDED, S.PARTIALLY_REFUNDED):
+        # The amount of THIS refund (a customer refunded twice gets two emails, each with its own amount).
+        currency = str(details.get("currency") or payment.refund_currency)
+        refunded = details.get("amount")
+        if not isinstance(refunded, int):
+            refunded = payment.amount_refunded
+            return (f"Refunds of {money(refunded, currency)} in total on your payment {payment.reference} "
+                    "have been issued.")
+        return f"A refund of {money(refunded, currency)} on your payment {payment.reference} has been issued."
+    messages: dict[str, str] = {
+        S.SUCCESS: f"We received your payment of {amount} (reference {payment.reference}).",
+        S.FAILED: f"Your payment of {amount} (reference {payment.reference}) did not go through.",
+    }
+    return messages.get(status, f"Your payment {payment.reference} of {amount} is now {status}.")
+
+
+def notification_create(**fields: Any) -> Notification | None:
+    """Insert once; the unique constraints make a second insert for the same transition a no-op."""
+    try:
+        with transaction.atomic():
+            return Notification.objects.create(**fields)
+    except IntegrityError:
+        return None
+
+
+def transition_hooks_run(transition_id: int) -> None:
+    """After commit: deliver the transition's notifications and send the host application's signals."""
+    now = timezone.now()
+    taken_over = now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
+    claimed = PaymentTransition.objects.filter(pk=transition_id, hooks_done_at__isnull=True).filter(
+        Q(hooks_started_at__isnull=True) | Q(hooks_started_at__lt=taken_over)).update(hooks_started_at=now)
+    if not claimed:
+        return  # done, or another process is running them right now
+    transition = PaymentTransition.objects.select_related("payment").get(pk=transition_id)
+    for notification in transition.notifications.select_related("payment", "event").filter(
+            delivered_at__isnull=True):
+        notification_deliver(notification)
+    payment = transition.payment
+    for signal in (signals.payment_transitioned, signals.BY_STATUS.get(transition.to_status)):
+        if signal is None:
+            continue
+        for receiver, result in signal.send_robust(sender=Payment, payment=payment, transition=transition):
+            if isinstance(result, Exception):
+                logger.error("signal receiver failed", extra={"reference": payment.reference,
+                                                              "receiver": getattr(receiver, "__qualname__", ""),
+                                                              "error": repr(result)})
+    PaymentTransition.objects.filter(pk=transition_id).update(hooks_done_at=timezone.now())
+
+
+def deliver_after_commit(notification_ids: list[int]) -> None:
+    def deliver() -> None:
+        for n in Notification.objects.select_related("payment", "event").filter(pk__in=notification_ids):
+            notification_deliver(n)
+
+    transaction.on_commit(deliver)
