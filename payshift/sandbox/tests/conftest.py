@@ -14,7 +14,8 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from payshift.sandbox import SandboxConfig, create_app
-from payshift.sandbox.config import DEMO_FLUTTERWAVE_SECRET_KEY, DEMO_PAYSTACK_SECRET_KEY
+from payshift.sandbox.gateways.flutterwave import DEMO_SECRET_KEY as DEMO_FLUTTERWAVE_SECRET_KEY
+from payshift.sandbox.gateways.paystack import DEMO_SECRET_KEY as DEMO_PAYSTACK_SECRET_KEY
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its test client; httpx is what the project pins.

@@ -9,20 +9,22 @@ import pytest
 from payshift.sandbox.state import Store, StoreFullError
 from payshift.sandbox.tests.conftest import PS, fast_config, seed
 
+FINAL = frozenset({"processed", "failed"})
+
 
 def _charge(store: Store) -> Any:
-    checkout = store.add_checkout(gateway="paystack", reference="S-1", amount=10_000, currency="NGN",
-                                  email="a@b.co", mode="test")
+    checkout = store.add_checkout(gateway="paystack", reference="S-1", access_code="AC-S-1", amount=10_000,
+                                  currency="NGN", email="a@b.co", mode="test")
     return store.add_charge(checkout, "success")
 
 
 def test_refund_store_forgets_the_oldest_finished_refund_at_its_cap() -> None:
     store = Store(max_refunds=2)
     charge = _charge(store)
-    first = store.add_refund(charge, 100, "pending")
-    second = store.add_refund(charge, 100, "pending")
+    first = store.add_refund(charge, 100, "pending", final_statuses=FINAL)
+    second = store.add_refund(charge, 100, "pending", final_statuses=FINAL)
     second.status = "processed"
-    third = store.add_refund(charge, 100, "pending")
+    third = store.add_refund(charge, 100, "pending", final_statuses=FINAL)
     # The open first refund is kept; the finished second one made room.
     assert list(store.refunds) == [("paystack", first.id), ("paystack", third.id)]
     assert charge.refunded == 300  # forgetting a record never gives money back
@@ -31,9 +33,9 @@ def test_refund_store_forgets_the_oldest_finished_refund_at_its_cap() -> None:
 def test_refund_store_refuses_when_every_refund_is_open() -> None:
     store = Store(max_refunds=1)
     charge = _charge(store)
-    store.add_refund(charge, 100, "pending")
+    store.add_refund(charge, 100, "pending", final_statuses=FINAL)
     with pytest.raises(StoreFullError):
-        store.add_refund(charge, 100, "pending")
+        store.add_refund(charge, 100, "pending", final_statuses=FINAL)
     assert len(store.refunds) == 1 and charge.refunded == 100
 
 
