@@ -300,7 +300,7 @@ class Store:
             status=status,
             mode=checkout.mode,
             created_at=now,
-            paid_at=now if status == "success" else None,
+            paid_at=now if status in ("success", "reversed") else None,
             gateway_ref=gateway_ref,
         )
         self.charges[(gateway, charge_id)] = charge

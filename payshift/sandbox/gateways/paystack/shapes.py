@@ -22,7 +22,8 @@ _GATEWAY_RESPONSE = {
     "reversed": "Successful",
 }
 
-# What each payment channel leaves in `authorization` (the non-card rows follow Paystack's documented samples).
+# What each payment channel leaves in `authorization` (the non-card rows follow Paystack's documented samples;
+# `bank` and `signature` are strings for every channel, as the spec's VerifyResponse types them).
 _CARD_AUTHORIZATION = {
     "bin": "408408",
     "last4": "4081",
@@ -61,7 +62,7 @@ _CHANNEL_AUTHORIZATION: dict[str, dict[str, Any]] = {
         "exp_month": "12",
         "exp_year": "9999",
         "card_type": "transfer",
-        "bank": None,
+        "bank": "Wema Bank",
         "brand": "Managed Account",
         "reusable": False,
     },
@@ -81,7 +82,7 @@ _CHANNEL_AUTHORIZATION: dict[str, dict[str, Any]] = {
         "exp_month": "12",
         "exp_year": "9999",
         "card_type": "",
-        "bank": None,
+        "bank": "TEST BANK",
         "brand": "qr",
         "reusable": False,
     },
@@ -160,8 +161,10 @@ def authorization(charge: Charge, channel: str) -> dict[str, Any]:
         "channel": channel,
         "country_code": "NG",
         "reusable": _CHANNEL_AUTHORIZATION[channel]["reusable"],
-        "signature": f"SIG_{tag[10:30]}" if channel == "card" else None,
+        "signature": f"SIG_{tag[10:30]}",
         "account_name": None,
+        "receiver_bank_account_number": None,
+        "receiver_bank": None,
     }
 
 
@@ -205,6 +208,7 @@ def transaction_data(checkout: Checkout, charge: Charge, amount: int | None = No
         "amount": reported,
         "message": None,
         "gateway_response": _GATEWAY_RESPONSE[charge.status],
+        "helpdesk_link": None,
         "paid_at": iso(charge.paid_at),
         "created_at": iso(charge.created_at),
         "channel": channel,
