@@ -156,7 +156,7 @@ def shape_differences(sample: Any, ours: Any, where: str = "$", *, extra_ok: fro
         problems = [f"{where}.{key}: missing" for key in sample if key not in ours]
         problems += [f"{where}.{key}: not in the sample" for key in ours if key not in sample
                      and f"{where}.{key}" not in extra_ok]
-        for key in sample.keys() & ours.keys():
+        for key in (key for key in sample if key in ours):
             problems += shape_differences(sample[key], ours[key], f"{where}.{key}", extra_ok=extra_ok)
         return problems
     if isinstance(sample, list) and sample and ours:

@@ -403,12 +403,19 @@ async def refund_list(request: Request, call: ApiCall) -> tuple[int, dict[str, A
     return 200, {"status": "success", "message": "Refunds fetched", "meta": {"page_info": page_info}, "data": data}
 
 
+def _transaction_row(checkout: Checkout, charge: Charge) -> dict[str, Any]:
+    """One row of GET /v3/transactions: the verify `data` without `meta` and `account_id` (the list example)."""
+    row = transaction_data(checkout, charge)
+    del row["meta"], row["account_id"]
+    return row
+
+
 TRANSACTION_PAGE_SIZE = 10  # GET /v3/transactions answers 10 a page (page_info in Flutterwave's example)
 
 
 async def transaction_list(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
     """GET /v3/transactions: every attempt (transaction id), newest first, 10 a page; filters `from`/`to`
-    (dates), `status`, `tx_ref`, `customer_email`, `currency`, `page`. Rows are the verify `data`."""
+    (dates), `status`, `tx_ref`, `customer_email`, `currency`, `page`."""
     page = ascii_int(request.query_params.get("page") or "1", max_digits=7)
     if page is None or page < 1:
         raise ApiError(400, "Invalid page")
@@ -432,7 +439,7 @@ async def transaction_list(request: Request, call: ApiCall) -> tuple[int, dict[s
             and (until is None or charge.created_at.date() <= until)
         ]
         start = (page - 1) * TRANSACTION_PAGE_SIZE
-        data = [transaction_data(checkout, charge) for checkout, charge in rows[start : start + TRANSACTION_PAGE_SIZE]]
+        data = [_transaction_row(checkout, charge) for checkout, charge in rows[start : start + TRANSACTION_PAGE_SIZE]]
     page_info = {
         "total": len(rows),
         "current_page": page,

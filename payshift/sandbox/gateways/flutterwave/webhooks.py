@@ -38,7 +38,6 @@ def legacy_charge(runtime: Runtime, checkout: Checkout, charge: Charge, amount: 
     """The older flat body, for accounts without v3 webhooks: no envelope, camelCase fields at the top
     level (txRef, flwRef, createdAt), `event.type` beside them. Chosen by SANDBOX_FLUTTERWAVE_WEBHOOK_FORMAT."""
     major = minor_to_major(amount, charge.currency)
-    fee = minor_to_major((amount * 140 + 5000) // 10000 if charge.status == "success" else 0, charge.currency)
     customer = checkout.customer
     body = {
         "id": charge.id,
@@ -46,16 +45,12 @@ def legacy_charge(runtime: Runtime, checkout: Checkout, charge: Charge, amount: 
         "flwRef": charge.gateway_ref,
         "orderRef": f"URF_{charge.gateway_ref[-16:]}",
         "paymentPlan": None,
-        "paymentPage": None,
         "createdAt": iso(charge.created_at),
         "amount": major,
         "charged_amount": major,
         "status": {"success": "successful"}.get(charge.status, charge.status),
         "IP": "127.0.0.1",
         "currency": charge.currency,
-        "appfee": fee,
-        "merchantfee": 0,
-        "merchantbearsfee": 1,
         "customer": {
             "id": customer.id,
             "phone": customer.phone,
@@ -67,12 +62,7 @@ def legacy_charge(runtime: Runtime, checkout: Checkout, charge: Charge, amount: 
             "deletedAt": None,
             "AccountId": 17_321,
         },
-        "entity": {
-            "card6": "553188",
-            "card_last4": "2950",
-            "card_country_iso": "NG",
-            "createdAt": iso(charge.created_at),
-        },
+        "entity": {"card6": "553188", "card_last4": "2950"},
         "event.type": event_type(checkout),
     }
     return Webhook(

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from payshift.sandbox.runtime import Runtime
 
 
+# Paystack's own refund samples write the amount as a number for these statuses and as a string otherwise.
+_INT_AMOUNT_STATUSES = frozenset({"failed", "needs-attention"})
+
+
 def paystack_signature(body: bytes, secret_key: str) -> str:
     """x-paystack-signature: lowercase hex HMAC-SHA512 of the raw body, keyed with the secret key."""
     return hmac.new(secret_key.encode(), body, hashlib.sha512).hexdigest()
@@ -42,14 +46,15 @@ def charge_success(runtime: Runtime, checkout: Checkout, charge: Charge) -> Webh
 
 
 def refund_event(runtime: Runtime, refund: Refund, checkout: Checkout) -> Webhook:
-    """refund.<status>, shaped like Paystack's samples: the amount a string, refund_reference null until
-    processed, and only needs-attention carrying the refund's id and notes."""
+    """refund.<status>, shaped like Paystack's samples: the amount a string (a number in the failed and
+    needs-attention samples), refund_reference null until processed, and only needs-attention carrying the
+    refund's id and notes (and no processor)."""
     first, _, last = (checkout.customer.name or "").partition(" ")
     data: dict[str, Any] = {
         "status": refund.status,
         "transaction_reference": refund.reference,
         "refund_reference": refund.refund_reference,
-        "amount": str(refund.amount),
+        "amount": refund.amount if refund.status in _INT_AMOUNT_STATUSES else str(refund.amount),
         "currency": refund.currency,
         "processor": "mpgs_zen",
         "customer": {"first_name": first or None, "last_name": last or None, "email": checkout.email},
@@ -57,5 +62,6 @@ def refund_event(runtime: Runtime, refund: Refund, checkout: Checkout) -> Webhoo
         "domain": refund.mode,
     }
     if refund.status == "needs-attention":
+        del data["processor"]
         data.update(id=str(refund.id), customer_note=refund.customer_note, merchant_note=refund.merchant_note)
     return build(runtime, f"refund.{refund.status}", refund.reference, data)
