@@ -25,7 +25,7 @@ def _delivered(client: TestClient, reference: str, event: str) -> dict[str, Any]
         bodies = [json.loads(row["body"]) for row in rows if row["event"] == event]
         return bodies[0] if bodies else None
 
-    return wait_until(probe)  # type: ignore[no-any-return]
+    return wait_until(probe)
 
 
 def test_the_comparison_catches_a_changed_type_and_a_missing_key() -> None:
