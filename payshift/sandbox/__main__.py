@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -14,10 +13,12 @@ from typing import Any
 import uvicorn
 
 from payshift.sandbox.app import create_app
-from payshift.sandbox.config import SandboxConfig
+from payshift.sandbox.config import SandboxConfig, parse_setting, split_list
 from payshift.sandbox.faults import Faults, FaultSpecError
+from payshift.sandbox.registry import BUILTIN_PACKAGE, GatewayRegistry, discover
 
 # (flag, SandboxConfig field, type, help). Flags left out keep the SANDBOX_<FIELD> env value or the default.
+# Each gateway's own keys get flags too, from the registry: --<gateway>-<setting>, e.g. --paystack-secret-keys.
 _CONFIG_FLAGS: list[tuple[str, str, Any, str]] = [
     (
         "--webhook-base-url",
@@ -26,14 +27,7 @@ _CONFIG_FLAGS: list[tuple[str, str, Any, str]] = [
         "Payshift's base URL; webhooks go to {base}/payment/webhooks/<gateway>/",
     ),
     ("--public-url", "public_url", str, "URL customers reach this sandbox on (checkout links)"),
-    (
-        "--paystack-secret-keys",
-        "paystack_secret_keys",
-        str,
-        "comma list of accepted Paystack keys; the first signs webhooks",
-    ),
-    ("--flutterwave-secret-keys", "flutterwave_secret_keys", str, "comma list of accepted Flutterwave keys"),
-    ("--flutterwave-webhook-hash", "flutterwave_webhook_hash", str, "sent verbatim in the verif-hash header"),
+    ("--gateway-packages", "gateway_packages", str, "comma list of packages whose folders are gateways"),
     ("--webhook-tries", "webhook_tries", int, "delivery attempts per webhook (default 3)"),
     ("--webhook-retry-delay-ms", "webhook_retry_delay_ms", int, "pause between attempts (default 1000)"),
     ("--webhook-timeout-s", "webhook_timeout_s", float, "per-delivery HTTP timeout (default 30)"),
@@ -45,6 +39,8 @@ _CONFIG_FLAGS: list[tuple[str, str, Any, str]] = [
         "(default 2000)",
     ),
     ("--max-refunds", "max_refunds", int, "refunds kept in memory; the oldest finished go first (default 10000)"),
+    ("--max-transactions", "max_transactions", int, "references kept in memory; the oldest go first (default 50000)"),
+    ("--max-deliveries", "max_deliveries", int, "delivery attempts kept in the log (default 10000)"),
     ("--seed", "seed", int, "seed for the fault dice (reproducible runs)"),
 ]
 _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -62,13 +58,26 @@ _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def _registry(environ: dict[str, str] | None = None) -> GatewayRegistry:
+    env = os.environ if environ is None else environ
+    return discover(split_list(env.get("SANDBOX_GATEWAY_PACKAGES", "")) or (BUILTIN_PACKAGE,))
+
+
+def _gateway_flags(registry: GatewayRegistry) -> list[tuple[str, str, Any, str]]:
+    return [
+        (f"--{gateway.name}-{setting.name}".replace("_", "-"), f"{gateway.name}_{setting.name}", str, setting.help)
+        for gateway in registry.values()
+        for setting in gateway.settings
+    ]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m payshift.sandbox", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("SANDBOX_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8100")))
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--no-access-log", action="store_true", help="skip per-request logs (benchmarks)")
-    for flag, dest, kind, text in _CONFIG_FLAGS + _FAULT_FLAGS:
+    for flag, dest, kind, text in _CONFIG_FLAGS + _gateway_flags(_registry()) + _FAULT_FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     parser.add_argument(
         "--out-of-order", action="store_true", default=None, help="deliver multi-webhook batches in reverse"
@@ -81,11 +90,13 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     config = SandboxConfig.from_env(env)
     changes: dict[str, Any] = {}
     for _flag, dest, _kind, _text in _CONFIG_FLAGS:
-        value = getattr(args, dest)
+        value = getattr(args, dest, None)
         if value is not None:
-            changes[dest] = (
-                tuple(k.strip() for k in value.split(",") if k.strip()) if dest.endswith("_keys") else value
-            )
+            changes[dest] = split_list(value) if dest == "gateway_packages" else value
+    for _flag, dest, _kind, _text in _gateway_flags(config.registry):
+        value = getattr(args, dest, None)
+        if value is not None:
+            changes[dest] = parse_setting(dest, value, config.gateway_settings[dest])
     if "public_url" not in changes and not env.get("SANDBOX_PUBLIC_URL"):
         # Follow --port so checkout links work without repeating it.
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104
@@ -96,7 +107,7 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     if args.out_of_order:
         faults["out_of_order"] = True
     changes["faults"] = config.faults.updated(faults)
-    return dataclasses.replace(config, **changes)
+    return config.replaced(**changes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,10 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FaultSpecError, ValueError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
+    served = ", ".join(f"{g.label} at {config.public_url}/{g.api_path}" for g in config.registry.values())
     print(
-        f"sandbox: Paystack at {config.public_url}/paystack, "
-        f"Flutterwave at {config.public_url}/flutterwave/v3, "
-        f"webhooks to {config.webhook_base_url}; faults {_active(config.faults)}",
+        f"sandbox: {served}, webhooks to {config.webhook_base_url}; faults {_active(config.faults)}",
         file=sys.stderr,
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; exit 0 so

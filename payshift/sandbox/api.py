@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from payshift.sandbox.config import SandboxConfig
 from payshift.sandbox.faults import FAULT_HEADER, FaultPlan, FaultSpecError, parse_fault_header, roll_faults
 from payshift.sandbox.money import dumps
-from payshift.sandbox.runtime import Runtime
+
+if TYPE_CHECKING:
+    from payshift.sandbox.config import SandboxConfig
+    from payshift.sandbox.runtime import Runtime
+
+log = logging.getLogger("sandbox")
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
 def ascii_int(raw: str, max_digits: int = 18) -> int | None:
@@ -32,12 +39,19 @@ def ascii_int(raw: str, max_digits: int = 18) -> int | None:
 
 
 class ApiError(Exception):
-    """Answered with the gateway's error envelope and `status`."""
+    """Answered with the gateway's error envelope and `status`; `code` and `next_step` feed gateways whose
+    errors carry a machine-readable code and a hint (Paystack), others ignore them."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None, next_step: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+        self.next_step = next_step
+
+
+# (status, message, code, next_step) -> the gateway's JSON error body.
+ErrorBody = Callable[[int, str, "str | None", "str | None"], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -55,9 +69,14 @@ def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | N
     return Response(dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The JSON object body; numbers with a fraction become Decimal so no amount passes through float."""
+async def read_json(request: Request, *, accept_form: bool = False) -> dict[str, Any]:
+    """The JSON object body; numbers with a fraction become Decimal so no amount passes through float.
+
+    With `accept_form`, an application/x-www-form-urlencoded body is read too (see `form_fields`).
+    """
     raw = await request.body()
+    if accept_form and request.headers.get("content-type", "").split(";")[0].strip().lower() == FORM_CONTENT_TYPE:
+        return form_fields(raw)
     if not raw.strip():
         return {}
     try:
@@ -69,18 +88,50 @@ async def read_json(request: Request) -> dict[str, Any]:
     return body
 
 
+def form_fields(raw: bytes) -> dict[str, Any]:
+    """A urlencoded body as the JSON handlers expect it: repeated or `name[]` keys become lists, and a value
+    that is a JSON object or array (a stringified `metadata`) is decoded; everything else stays a string."""
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw.strip()))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "Invalid form body") from None
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        name = key.removesuffix("[]")
+        item: Any = value
+        if value[:1] in ("{", "["):
+            try:
+                item = json.loads(value, parse_float=Decimal)
+            except ValueError:
+                item = value
+        if key.endswith("[]") or name in fields:
+            previous = fields.get(name, [])
+            fields[name] = [*(previous if isinstance(previous, list) else [previous]), item]
+        else:
+            fields[name] = item
+    return fields
+
+
 @dataclass(frozen=True)
 class GatewayApi:
     """One gateway's API conventions; `route` wraps a handler with faults, auth and envelopes."""
 
     name: str
-    error_body: Callable[[str], dict[str, Any]]
+    error_body: ErrorBody
     keys: Callable[[SandboxConfig], tuple[str, ...]]
     mode_for_key: Callable[[str], str]
     unauthorised_message: str
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        return json_response(status, self.error_body(message), headers)
+    def error(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        code: str | None = None,
+        next_step: str | None = None,
+    ) -> Response:
+        return json_response(status, self.error_body(status, message, code, next_step), headers)
 
     def route(self, path: str, handler: Handler, methods: list[str]) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -103,10 +154,14 @@ class GatewayApi:
         if plan.latency_s:
             await asyncio.sleep(plan.latency_s)
         if plan.error_status is not None:
-            return self.error(plan.error_status, "An error occurred while processing your request")
+            return self.error(plan.error_status, "An error occurred while processing your request", code="unknown")
         if plan.rate_limit_retry_after_s is not None:
             return self.error(
-                429, "Too many requests", headers={"Retry-After": str(plan.rate_limit_retry_after_s)}
+                429,
+                "Too many requests",
+                headers={"Retry-After": str(plan.rate_limit_retry_after_s)},
+                code="rate_limited",
+                next_step="Wait for the Retry-After seconds, then try again",
             )
         response = await self._authorised(request, handler, runtime)
         return await self._maybe_time_out(plan, response)
@@ -117,16 +172,22 @@ class GatewayApi:
         if plan.timeout_s is None:
             return response
         await asyncio.sleep(plan.timeout_s)
-        return self.error(503, "Service unavailable: the request timed out")
+        return self.error(503, "Service unavailable: the request timed out", code="timeout")
 
     async def _authorised(self, request: Request, handler: Handler, runtime: Runtime) -> Response:
         key = self._matching_key(request.headers.get("authorization", ""), runtime.config)
         if key is None:
-            return self.error(401, self.unauthorised_message)
+            return self.error(
+                401,
+                self.unauthorised_message,
+                code="invalid_Key",
+                next_step="Ensure that you provide the correct authorization key for the request",
+            )
         try:
             status, body = await handler(request, ApiCall(runtime, self.mode_for_key(key)))
         except ApiError as exc:
-            return self.error(exc.status, exc.message)
+            log.info("sandbox %s %s %s: %s %s", self.name, request.method, request.url.path, exc.status, exc.message)
+            return self.error(exc.status, exc.message, code=exc.code, next_step=exc.next_step)
         return json_response(status, body)
 
     def _matching_key(self, authorization: str, config: SandboxConfig) -> str | None:

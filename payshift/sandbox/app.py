@@ -1,4 +1,4 @@
-"""The sandbox ASGI app: /paystack, /flutterwave/v3, the checkout page and the /_sandbox/ control API."""
+"""The sandbox ASGI app: one mount per registered gateway, the checkout page and the /_sandbox/ control API."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount
 
-from payshift.sandbox import checkout, control, flutterwave, paystack
+from payshift.sandbox import checkout, control
 from payshift.sandbox.config import SandboxConfig
 from payshift.sandbox.runtime import Runtime
 
 MAX_BODY_BYTES = 1024 * 1024
-_APIS = (("/paystack/", paystack.API), ("/flutterwave/", flutterwave.API))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -25,9 +25,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     A client with a wrong base URL then still gets JSON it can log, like from the real APIs.
     """
     assert isinstance(exc, HTTPException)
-    for prefix, api in _APIS:
-        if request.url.path.startswith(prefix):
-            return api.error(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+    runtime: Runtime = request.app.state.runtime
+    gateway = runtime.registry.for_path(request.url.path)
+    if gateway is not None:
+        return gateway.api.error(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
     return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -36,7 +37,7 @@ def create_app(
 ) -> Starlette:
     """Build the app; `webhook_transport` lets tests catch webhooks without a network (httpx.MockTransport).
 
-    Also usable as `uvicorn --factory sandbox.app:create_app` (config from the environment).
+    Also usable as `uvicorn --factory payshift.sandbox.app:create_app` (config from the environment).
     """
     runtime = Runtime(config or SandboxConfig.from_env(), webhook_transport)
 
@@ -47,8 +48,11 @@ def create_app(
         finally:
             await runtime.aclose()
 
+    gateway_mounts: list[BaseRoute] = [
+        Mount(f"/{gateway.name}", routes=list(gateway.routes)) for gateway in runtime.registry.values()
+    ]
     app = Starlette(
-        routes=[*paystack.ROUTES, *flutterwave.ROUTES, *checkout.ROUTES, *control.ROUTES],
+        routes=[*gateway_mounts, *checkout.ROUTES, *control.ROUTES],
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
         exception_handlers={HTTPException: _http_error},

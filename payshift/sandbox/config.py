@@ -1,4 +1,4 @@
-"""Sandbox settings: one reader for the environment, overridable by CLI flags."""
+"""Sandbox settings: one reader for the environment, overridable by CLI flags; gateway keys come from the registry."""
 
 from __future__ import annotations
 
@@ -9,35 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from payshift.sandbox.faults import Faults
-
-# Clearly-marked demo secrets. Payshift's demo setup uses the same values; they
-# unlock nothing outside this sandbox.
-DEMO_PAYSTACK_SECRET_KEY = "sk_test_payshift_demo_do_not_use_in_production"
-DEMO_FLUTTERWAVE_SECRET_KEY = "FLWSECK_TEST-payshiftdemo-do-not-use-X"
-DEMO_FLUTTERWAVE_WEBHOOK_HASH = "payshift-demo-webhook-hash"
+from payshift.sandbox.registry import BUILTIN_PACKAGE, GatewayRegistry, discover
 
 
-def paystack_mode_for_key(key: str) -> str:
-    """Paystack's `domain`: live keys start sk_live_, everything else is test."""
-    return "live" if key.startswith("sk_live_") else "test"
-
-
-def flutterwave_mode_for_key(key: str) -> str:
-    # Flutterwave marks test keys in the prefix (FLWSECK_TEST-); live keys are FLWSECK-.
-    return "test" if "_TEST" in key.split("-", 1)[0] else "live"
-
-
-def _split_keys(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-@dataclass
+@dataclass(init=False)
 class SandboxConfig:
-    """Everything the app needs at start; `faults` is only the starting point (the control API changes it)."""
+    """Everything the app needs at start; `faults` is only the starting point (the control API changes it).
 
-    paystack_secret_keys: tuple[str, ...] = (DEMO_PAYSTACK_SECRET_KEY,)
-    flutterwave_secret_keys: tuple[str, ...] = (DEMO_FLUTTERWAVE_SECRET_KEY,)
-    flutterwave_webhook_hash: str = DEMO_FLUTTERWAVE_WEBHOOK_HASH
+    Each gateway's own keys (e.g. `paystack_secret_keys`, `flutterwave_webhook_hash`) are declared in its
+    folder; they are accepted as keyword arguments, read as attributes, and live in `gateway_settings`.
+    """
+
     webhook_base_url: str = "http://127.0.0.1:8000"
     public_url: str = "http://127.0.0.1:8100"
     webhook_tries: int = 3
@@ -45,53 +27,105 @@ class SandboxConfig:
     webhook_timeout_s: float = 30.0  # Paystack's own delivery timeout
     refund_delay_ms: int = 2000  # per refund step: Paystack pending -> processing -> final, Flutterwave one step
     refund_auto_advance: bool = True  # False: refunds move only on POST /_sandbox/refunds/.../advance
-    max_deliveries: int = 10_000  # ring buffer: benchmarks must not grow memory without bound
+    # Memory caps (docs/sandbox.md, "Bounded state"): benchmarks and chaos runs must not grow memory without bound.
+    max_deliveries: int = 10_000  # ring buffer of delivery attempts
     max_refunds: int = 10_000  # the oldest finished refunds are forgotten past this
+    max_transactions: int = 50_000  # references (with their charges and customers); the oldest go first
     seed: int | None = None
+    gateway_packages: tuple[str, ...] = (BUILTIN_PACKAGE,)
     faults: Faults = field(default_factory=Faults)
+    gateway_settings: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if not self.paystack_secret_keys or not self.flutterwave_secret_keys:
-            raise ValueError("at least one secret key per gateway is required")
-        if not self.flutterwave_webhook_hash:
-            raise ValueError("the Flutterwave webhook hash must not be empty")
+    def __init__(self, **values: Any) -> None:
+        for item in dataclasses.fields(self):
+            if item.name in values:
+                setattr(self, item.name, values.pop(item.name))
+            elif item.default_factory is not dataclasses.MISSING:
+                setattr(self, item.name, item.default_factory())
+            else:
+                setattr(self, item.name, item.default)
+        self.gateway_packages = tuple(self.gateway_packages)
+        known = _setting_defaults(self.registry)
+        settings = {**known, **self.gateway_settings, **values}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise TypeError(f"unknown sandbox setting(s): {', '.join(unknown)}")
+        self.gateway_settings = settings
+        self._validate()
+
+    def _validate(self) -> None:
+        for gateway in self.registry.values():
+            for setting in gateway.settings:
+                setting.check(gateway.name, self.gateway_settings[f"{gateway.name}_{setting.name}"])
         if self.webhook_tries < 1:
             raise ValueError("webhook_tries must be >= 1")
         if self.refund_delay_ms < 0 or self.max_refunds < 1:
             raise ValueError("refund_delay_ms must be >= 0 and max_refunds >= 1")
+        if self.max_deliveries < 1 or self.max_transactions < 1:
+            raise ValueError("max_deliveries and max_transactions must be >= 1")
         self.webhook_base_url = self.webhook_base_url.rstrip("/")
         self.public_url = self.public_url.rstrip("/")
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: a gateway's own key, e.g. config.paystack_secret_keys.
+        settings = self.__dict__.get("gateway_settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
     @property
-    def paystack_signing_key(self) -> str:
-        # Paystack signs with the account's secret key; there is no separate webhook secret.
-        return self.paystack_secret_keys[0]
+    def registry(self) -> GatewayRegistry:
+        return discover(self.gateway_packages)
+
+    def setting(self, gateway: str, name: str) -> Any:
+        return self.gateway_settings[f"{gateway}_{name}"]
 
     def webhook_url(self, gateway: str) -> str:
         return f"{self.webhook_base_url}/payment/webhooks/{gateway}/"
 
+    def replaced(self, **changes: Any) -> SandboxConfig:
+        """A copy with `changes` applied (common fields or gateway keys), validated again."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return SandboxConfig(**{**values, **changes})
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxConfig:
-        """Every setting is SANDBOX_<FIELD>, e.g. SANDBOX_WEBHOOK_TRIES; faults too (SANDBOX_ERROR_RATE)."""
+        """Every setting is SANDBOX_<FIELD>, e.g. SANDBOX_WEBHOOK_TRIES or SANDBOX_PAYSTACK_SECRET_KEYS;
+        faults too (SANDBOX_ERROR_RATE)."""
         env = os.environ if environ is None else environ
-        defaults = cls()
         values: dict[str, Any] = {}
         for item in dataclasses.fields(cls):
             raw = env.get(f"SANDBOX_{item.name.upper()}", "").strip()
-            if item.name != "faults" and raw:
-                values[item.name] = _parse(item.name, raw, getattr(defaults, item.name))
+            if item.name not in ("faults", "gateway_settings") and raw:
+                values[item.name] = parse_setting(item.name, raw, getattr(cls, item.name, None))
+        packages = values.get("gateway_packages", cls.gateway_packages)
+        for name, default in _setting_defaults(discover(tuple(packages))).items():
+            if raw := env.get(f"SANDBOX_{name.upper()}", "").strip():
+                values[name] = parse_setting(name, raw, default)
         fault_changes = {
-            item.name: _parse(item.name, raw, getattr(Faults(), item.name))
+            item.name: parse_setting(item.name, raw, getattr(Faults(), item.name))
             for item in dataclasses.fields(Faults)
             if (raw := env.get(f"SANDBOX_{item.name.upper()}", "").strip())
         }
         return cls(**values, faults=Faults().updated(fault_changes))
 
 
-def _parse(name: str, raw: str, default: Any) -> Any:
-    """Parse an environment string to the type of the setting's default."""
+def _setting_defaults(registry: GatewayRegistry) -> dict[str, Any]:
+    return {
+        f"{gateway.name}_{setting.name}": setting.default
+        for gateway in registry.values()
+        for setting in gateway.settings
+    }
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def parse_setting(name: str, raw: str, default: Any) -> Any:
+    """Parse an environment or CLI string to the type of the setting's default."""
     if isinstance(default, tuple):
-        return _split_keys(raw)
+        return split_list(raw)
     if isinstance(default, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from payshift.sandbox import flutterwave, paystack
 from payshift.sandbox.api import ascii_int
 from payshift.sandbox.faults import FaultSpecError
 from payshift.sandbox.money import AmountError, format_major, parse_minor
+from payshift.sandbox.registry import GatewayRegistry
 from payshift.sandbox.runtime import Runtime
-from payshift.sandbox.state import GATEWAYS, STATUSES, Checkout, Refund, Store, TransactionSpec, iso
+from payshift.sandbox.state import STATUSES, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso
 
-Upsert = Callable[[Runtime, TransactionSpec], tuple[Checkout, bool]]
-_UPSERT: dict[str, Upsert] = {
-    paystack.NAME: paystack.control_upsert,
-    flutterwave.NAME: flutterwave.control_upsert,
-}
-Advance = Callable[[Runtime, Refund, str | None], None]
-_ADVANCE: dict[str, Advance] = {
-    paystack.NAME: paystack.refund_advance,
-    flutterwave.NAME: flutterwave.refund_advance,
-}
+log = logging.getLogger("sandbox")
 
 
 def _error(status: int, message: str) -> JSONResponse:
+    log.info("sandbox control API: %s %s", status, message)
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -60,11 +52,8 @@ def transaction_view(store: Store, checkout: Checkout, runtime: Runtime) -> dict
             {"id": a.id, "status": a.status, "amount": a.amount, "verify_amount": a.verify_amount}
             for a in attempts
         ],
-        "refunds": [
-            refund_view(r)
-            for r in store.refunds.values()
-            if r.gateway == checkout.gateway and r.reference == checkout.reference
-        ],
+        "channel": checkout.channel,
+        "refunds": [refund_view(r) for r in store.refunds_of_reference(checkout.gateway, checkout.reference)],
     }
 
 
@@ -80,7 +69,7 @@ def refund_view(refund: Refund) -> dict[str, Any]:
         "status": refund.status,
         "outcome": refund.outcome,
         "refund_reference": refund.refund_reference,
-        "flw_ref": refund.flw_ref or None,
+        "flw_ref": refund.gateway_ref or None,  # the name kept for existing clients; any gateway's own ref
     }
 
 
@@ -100,10 +89,10 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
     return value or None
 
 
-def _spec(body: dict[str, Any]) -> TransactionSpec:
+def _spec(body: dict[str, Any], registry: GatewayRegistry) -> TransactionSpec:
     gateway = body.get("gateway")
-    if gateway not in GATEWAYS:
-        raise ValueError(f"gateway must be one of {', '.join(GATEWAYS)}")
+    if not isinstance(gateway, str) or gateway not in registry:
+        raise ValueError(f"gateway must be one of {', '.join(registry)}")
     reference = body.get("reference")
     if not isinstance(reference, str) or not reference:
         raise ValueError("reference is required")
@@ -134,6 +123,7 @@ def _spec(body: dict[str, Any]) -> TransactionSpec:
         verify_amount_given="verify_amount" in body,
         send_webhook=body.get("send_webhook", False),
         new_attempt=body.get("new_attempt", False),
+        channel=_optional_str(body, "channel"),
     )
 
 
@@ -150,10 +140,12 @@ async def _json_object(request: Request) -> dict[str, Any]:
 async def transaction_upsert(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     try:
-        spec = _spec(await _json_object(request))
-        checkout, created = _UPSERT[spec.gateway](runtime, spec)
+        spec = _spec(await _json_object(request), runtime.registry)
+        checkout, created = runtime.registry[spec.gateway].control_upsert(runtime, spec)
     except ValueError as exc:
         return _error(400, str(exc))
+    except StoreFullError as exc:
+        return _error(503, str(exc))
     with runtime.store.lock:
         view = transaction_view(runtime.store, checkout, runtime)
     view["created"] = created
@@ -174,7 +166,7 @@ async def refund_advance(request: Request) -> JSONResponse:
     """Nudge a refund one step on (or to `{"status": ...}`), sending that step's webhook, as time would."""
     runtime: Runtime = request.app.state.runtime
     gateway, raw_id = request.path_params["gateway"], request.path_params["refund_id"]
-    if gateway not in _ADVANCE:
+    if gateway not in runtime.registry:
         return _error(404, "no such gateway")
     try:
         body = await _json_object(request)
@@ -187,7 +179,7 @@ async def refund_advance(request: Request) -> JSONResponse:
         if refund is None:
             return _error(404, "no such refund")
         try:
-            _ADVANCE[gateway](runtime, refund, target)
+            runtime.registry[gateway].refund_advance(runtime, refund, target)
         except ValueError as exc:
             return _error(409, str(exc))
         return JSONResponse(refund_view(refund))

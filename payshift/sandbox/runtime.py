@@ -26,7 +26,13 @@ class Runtime:
         self, config: SandboxConfig, webhook_transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.config = config
-        self.store = Store(config.max_deliveries, config.max_refunds)
+        self.registry = config.registry
+        self.store = Store(
+            config.max_deliveries,
+            config.max_refunds,
+            config.max_transactions,
+            first_charge_ids={name: gateway.first_charge_id for name, gateway in self.registry.items()},
+        )
         self.faults: Faults = config.faults
         self.rng = random.Random(config.seed)
         self._transport = webhook_transport

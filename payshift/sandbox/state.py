@@ -10,15 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-GATEWAYS = ("paystack", "flutterwave")
-
 # Neutral outcome vocabulary used by the control API; each gateway module maps it
 # to its own words (Flutterwave says "successful", Paystack "success").
 STATUSES = ("success", "failed", "abandoned", "pending", "reversed")
-
-# Refund states after which nothing changes (each gateway's own words): only these may be forgotten.
-FINAL_REFUND_STATUSES = frozenset({"processed", "failed", "completed"})
-
 
 class StoreFullError(Exception):
     """Every refund the store may hold is still moving: a new one would grow memory without bound."""
@@ -58,7 +52,7 @@ class Charge:
     created_at: datetime
     paid_at: datetime | None = None
     verify_amount: int | None = None  # what the verify API reports instead of `amount`
-    flw_ref: str = ""
+    gateway_ref: str = ""  # a second gateway reference where it has one (Flutterwave's flw_ref)
     refunded: int = 0  # minor units already claimed by non-failed refunds
 
     @property
@@ -87,6 +81,9 @@ class Checkout:
     metadata: Any = ""
     status: str = "pending"  # neutral status of the latest outcome
     charge_ids: list[int] = field(default_factory=list)
+    channels: tuple[str, ...] = ()  # the payment channels the merchant allowed; () = all of the gateway's
+    channel: str | None = None  # what the customer paid with, once chosen
+    customer_acted: bool = False  # a checkout button was pressed (the page shows no outcome before that)
 
 
 @dataclass
@@ -105,13 +102,15 @@ class Refund:
     refund_reference: str | None = None  # Paystack fills it only once processed (or failed)
     processed_at: datetime | None = None  # when it reached its final state
     expected_at: datetime | None = None
-    flw_ref: str = ""
+    gateway_ref: str = ""  # the gateway's own refund reference where it has one (Flutterwave's flw_ref)
     outcome: str = ""  # the planned ending, from the refund_outcome fault: "", "failed", "needs-attention"
     updated_at: datetime | None = None
+    # The gateway's words for "nothing changes any more": only such refunds may be forgotten.
+    final_statuses: frozenset[str] = frozenset()
 
     @property
     def final(self) -> bool:
-        return self.status in FINAL_REFUND_STATUSES
+        return self.status in self.final_statuses
 
 
 @dataclass
@@ -131,6 +130,7 @@ class TransactionSpec:
     verify_amount_given: bool = False  # lets `"verify_amount": null` clear an earlier value
     send_webhook: bool = False
     new_attempt: bool = False
+    channel: str | None = None
 
     def apply_to_checkout(self, checkout: Checkout) -> None:
         if self.amount is not None:
@@ -145,6 +145,8 @@ class TransactionSpec:
             checkout.callback_url = self.callback_url
         if self.metadata is not None:
             checkout.metadata = self.metadata
+        if self.channel:
+            checkout.channel = self.channel
 
 
 @dataclass
@@ -181,34 +183,46 @@ class Delivery:
 
 
 class Store:
-    """All sandbox state. Callers hold `lock` around any read-modify-write; nothing here awaits."""
+    """All sandbox state. Callers hold `lock` around any read-modify-write; nothing here awaits.
 
-    def __init__(self, max_deliveries: int = 10_000, max_refunds: int = 10_000) -> None:
+    Every collection is capped (docs/sandbox.md, "Bounded state"): references (with their charges and
+    customers) and refunds forget their oldest finished entries, deliveries are a ring buffer.
+    """
+
+    def __init__(
+        self,
+        max_deliveries: int = 10_000,
+        max_refunds: int = 10_000,
+        max_transactions: int = 50_000,
+        first_charge_ids: dict[str, int] | None = None,
+    ) -> None:
         self.lock = threading.Lock()
         self._max_deliveries = max_deliveries
         self._max_refunds = max_refunds
+        self._max_transactions = max_transactions
+        self._first_charge_ids = dict(first_charge_ids or {})
         self.reset()
 
     def reset(self) -> None:
-        # Ids look like the gateways' (large ints) so clients never assume small counters.
-        self._charge_ids = {
-            "paystack": itertools.count(4_099_260_516),
-            "flutterwave": itertools.count(288_200_108),
-        }
+        self._charge_ids = {name: itertools.count(first) for name, first in self._first_charge_ids.items()}
         self._refund_ids = itertools.count(3_018_284)
         self._customer_ids = itertools.count(181_873_746)
         self._delivery_ids = itertools.count(1)
+        # All insertion-ordered, so the oldest entries are found first when a cap is reached.
         self.checkouts: dict[tuple[str, str], Checkout] = {}
         self.checkouts_by_code: dict[str, Checkout] = {}
         self.charges: dict[tuple[str, int], Charge] = {}
-        # Insertion-ordered, so the oldest refunds are found first when the cap is reached.
         self.refunds: dict[tuple[str, int], Refund] = {}
+        self._refunds_by_reference: dict[tuple[str, str], list[Refund]] = {}
         self.customers: dict[str, Customer] = {}
         self.deliveries: deque[Delivery] = deque(maxlen=self._max_deliveries)
 
     def customer_for(self, email: str) -> Customer:
         customer = self.customers.get(email.lower())
         if customer is None:
+            if len(self.customers) >= self._max_transactions:
+                # Checkouts hold their Customer object, so forgetting the lookup entry loses nothing they show.
+                del self.customers[next(iter(self.customers))]
             customer = Customer(
                 id=next(self._customer_ids),
                 email=email,
@@ -222,6 +236,7 @@ class Store:
         *,
         gateway: str,
         reference: str,
+        access_code: str,
         amount: int,
         currency: str,
         email: str,
@@ -230,8 +245,11 @@ class Store:
         metadata: Any = "",
         customer_name: str | None = None,
         customer_phone: str | None = None,
+        channels: tuple[str, ...] = (),
     ) -> Checkout:
-        access_code = secrets.token_urlsafe(12) if gateway == "paystack" else secrets.token_hex(12)
+        """Record a reference; past `max_transactions` the oldest one without an open refund is forgotten."""
+        if len(self.checkouts) >= self._max_transactions:
+            self._forget_oldest_checkout()
         customer = self.customer_for(email)
         if customer_name:
             customer.name = customer_name
@@ -249,14 +267,29 @@ class Store:
             created_at=utcnow(),
             callback_url=callback_url,
             metadata=metadata,
+            channels=channels,
         )
         self.checkouts[(gateway, reference)] = checkout
         self.checkouts_by_code[access_code] = checkout
         return checkout
 
-    def add_charge(self, checkout: Checkout, status: str, amount: int | None = None) -> Charge:
+    def _forget_oldest_checkout(self) -> None:
+        key = next(
+            (key for key in self.checkouts if all(r.final for r in self._refunds_by_reference.get(key, []))), None
+        )
+        if key is None:
+            raise StoreFullError(f"{len(self.checkouts)} transactions all have refunds in progress")
+        old = self.checkouts.pop(key)
+        self.checkouts_by_code.pop(old.access_code, None)
+        for charge_id in old.charge_ids:
+            self.charges.pop((old.gateway, charge_id), None)
+        for refund in self._refunds_by_reference.pop(key, []):
+            self.refunds.pop((refund.gateway, refund.id), None)
+
+    def add_charge(self, checkout: Checkout, status: str, amount: int | None = None, gateway_ref: str = "") -> Charge:
         gateway = checkout.gateway
-        charge_id = next(self._charge_ids[gateway])
+        counter = self._charge_ids.setdefault(gateway, itertools.count(1_000_000))
+        charge_id = next(counter)
         now = utcnow()
         charge = Charge(
             gateway=gateway,
@@ -267,8 +300,8 @@ class Store:
             status=status,
             mode=checkout.mode,
             created_at=now,
-            paid_at=now if status == "success" else None,
-            flw_ref=f"FLW-MOCK-{secrets.token_hex(16)}" if gateway == "flutterwave" else "",
+            paid_at=now if status in ("success", "reversed") else None,
+            gateway_ref=gateway_ref,
         )
         self.charges[(gateway, charge_id)] = charge
         checkout.charge_ids.append(charge_id)
@@ -298,16 +331,21 @@ class Store:
         amount: int,
         status: str,
         *,
+        final_statuses: frozenset[str],
         customer_note: str | None = None,
         merchant_note: str | None = None,
         outcome: str = "",
+        gateway_ref: str = "",
     ) -> Refund:
         """Record a refund; past `max_refunds` the oldest finished one is forgotten (StoreFullError if none)."""
         if len(self.refunds) >= self._max_refunds:
             oldest = next((key for key, old in self.refunds.items() if old.final), None)
             if oldest is None:
                 raise StoreFullError(f"{len(self.refunds)} refunds are still in progress")
-            del self.refunds[oldest]
+            forgotten = self.refunds.pop(oldest)
+            siblings = self._refunds_by_reference.get((forgotten.gateway, forgotten.reference), [])
+            if forgotten in siblings:
+                siblings.remove(forgotten)
         refund = Refund(
             gateway=charge.gateway,
             id=next(self._refund_ids),
@@ -320,16 +358,22 @@ class Store:
             created_at=utcnow(),
             customer_note=customer_note,
             merchant_note=merchant_note,
-            flw_ref=f"URF_{secrets.token_hex(8)}" if charge.gateway == "flutterwave" else "",
+            gateway_ref=gateway_ref,
             outcome=outcome,
+            final_statuses=final_statuses,
         )
         refund.updated_at = refund.created_at
         charge.refunded += amount
         self.refunds[(charge.gateway, refund.id)] = refund
+        self._refunds_by_reference.setdefault((charge.gateway, charge.reference), []).append(refund)
         return refund
 
     def refunds_of(self, charge: Charge) -> list[Refund]:
-        return [r for r in self.refunds.values() if r.gateway == charge.gateway and r.charge_id == charge.id]
+        siblings = self._refunds_by_reference.get((charge.gateway, charge.reference), [])
+        return [r for r in siblings if r.charge_id == charge.id]
+
+    def refunds_of_reference(self, gateway: str, reference: str) -> list[Refund]:
+        return list(self._refunds_by_reference.get((gateway, reference), []))
 
     def record_delivery(self, **fields: Any) -> Delivery:
         delivery = Delivery(id=next(self._delivery_ids), at=utcnow(), **fields)

@@ -1,18 +1,15 @@
-"""Webhook sending: sign the exact bytes, deliver in the background, retry non-200, log every attempt."""
+"""Webhook sending: deliver a gateway's signed bytes in the background, retry non-200, log every attempt."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from payshift.sandbox.faults import Faults
-from payshift.sandbox.money import dumps
 
 if TYPE_CHECKING:
     from payshift.sandbox.runtime import Runtime
@@ -28,34 +25,6 @@ class Webhook:
     reference: str
     body: bytes
     headers: dict[str, str]
-
-
-def paystack_signature(body: bytes, secret_key: str) -> str:
-    """x-paystack-signature: lowercase hex HMAC-SHA512 of the raw body, keyed with the secret key."""
-    return hmac.new(secret_key.encode(), body, hashlib.sha512).hexdigest()
-
-
-def build_paystack(runtime: Runtime, event: str, reference: str, data: dict[str, Any]) -> Webhook:
-    body = dumps({"event": event, "data": data})
-    headers = {
-        "content-type": "application/json",
-        "x-paystack-signature": paystack_signature(body, runtime.config.paystack_signing_key),
-    }
-    return Webhook("paystack", runtime.config.webhook_url("paystack"), event, reference, body, headers)
-
-
-def build_flutterwave(
-    runtime: Runtime, event: str, reference: str, data: dict[str, Any], event_type: str | None
-) -> Webhook:
-    # v3 sends the dashboard's secret hash verbatim: it is not a signature of the body.
-    # Charge payloads also carry a top-level "event.type" (e.g. CARD_TRANSACTION); refund samples
-    # show none, so None leaves it out.
-    envelope: dict[str, Any] = {"event": event, "data": data}
-    if event_type is not None:
-        envelope["event.type"] = event_type
-    body = dumps(envelope)
-    headers = {"content-type": "application/json", "verif-hash": runtime.config.flutterwave_webhook_hash}
-    return Webhook("flutterwave", runtime.config.webhook_url("flutterwave"), event, reference, body, headers)
 
 
 async def deliver_batch(runtime: Runtime, batch: list[Webhook], faults: Faults) -> None:

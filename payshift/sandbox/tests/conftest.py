@@ -14,7 +14,9 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from payshift.sandbox import SandboxConfig, create_app
-from payshift.sandbox.config import DEMO_FLUTTERWAVE_SECRET_KEY, DEMO_PAYSTACK_SECRET_KEY
+from payshift.sandbox.gateways.flutterwave import DEMO_SECRET_KEY as DEMO_FLUTTERWAVE_SECRET_KEY
+from payshift.sandbox.gateways.paystack import DEMO_SECRET_KEY as DEMO_PAYSTACK_SECRET_KEY
+from payshift.sandbox.tests.contract import validate_paystack
 
 with warnings.catch_warnings():
     # Starlette 1.x nudges towards httpx2 for its test client; httpx is what the project pins.
@@ -93,9 +95,12 @@ def make_client(receiver: Receiver) -> Iterator[Callable[..., TestClient]]:
     """Build a client for a custom config; the `with` keeps one event loop alive for background tasks."""
     stack: list[TestClient] = []
 
-    def build(config: SandboxConfig | None = None) -> TestClient:
+    def build(config: SandboxConfig | None = None, *, validate: bool = True) -> TestClient:
         app = create_app(config or fast_config(), webhook_transport=httpx.MockTransport(receiver.handle))
         client = TestClient(app, base_url="http://sandbox.test", follow_redirects=False)
+        if validate:
+            # Every Paystack answer any sandbox test provokes is checked against Paystack's OpenAPI spec.
+            client.event_hooks = {"request": [], "response": [_validate_paystack_answer]}
         client.__enter__()
         stack.append(client)
         return client
@@ -103,6 +108,18 @@ def make_client(receiver: Receiver) -> Iterator[Callable[..., TestClient]]:
     yield build
     for client in reversed(stack):
         client.__exit__(None, None, None)
+
+
+def _validate_paystack_answer(response: httpx.Response) -> None:
+    if response.request.url.path.startswith("/paystack/"):
+        response.read()
+        validate_paystack(
+            response.request.method,
+            str(response.request.url),
+            response.status_code,
+            response.content,
+            response.headers.get("content-type", ""),
+        )
 
 
 @pytest.fixture

@@ -106,9 +106,10 @@ def test_deliveries_filter_by_reference(client: TestClient, receiver: Receiver) 
 
 
 def test_unknown_gateway_paths_answer_json_envelopes(client: TestClient) -> None:
-    paystack = client.get("/paystack/transaction/nope", headers=PS)
+    paystack = client.get("/paystack/nowhere/at/all", headers=PS)
     assert paystack.status_code == 404
-    assert paystack.json() == {"status": False, "message": "Not Found"}
+    assert paystack.json()["status"] is False and paystack.json()["message"] == "Not Found"
+    assert paystack.json()["code"] == "not_found" and paystack.json()["type"] == "validation_error"
     flutterwave = client.get("/flutterwave/v3/payments", headers=FW)
     assert flutterwave.status_code == 405
     assert flutterwave.json()["status"] == "error"

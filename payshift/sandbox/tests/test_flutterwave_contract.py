@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from payshift.sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
+from payshift.sandbox.gateways.flutterwave import DEMO_WEBHOOK_HASH as DEMO_FLUTTERWAVE_WEBHOOK_HASH
 from payshift.sandbox.tests.conftest import (
     FLUTTERWAVE_KEY,
     FW,

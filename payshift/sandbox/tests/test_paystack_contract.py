@@ -15,6 +15,16 @@ from payshift.sandbox.tests.conftest import PAYSTACK_KEY, PS, Receiver, fast_con
 ISO_TS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
 
+def assert_error(body: dict[str, Any], message: str, code: str | None = None) -> None:
+    """Paystack's error shape: status false, the message, and the code / type / meta.nextStep it adds."""
+    assert body["status"] is False and body["message"] == message
+    assert body["type"] in ("validation_error", "processor_error", "api_error")
+    assert isinstance(body["code"], str) and body["code"]
+    assert isinstance(body["meta"]["nextStep"], str)
+    if code is not None:
+        assert body["code"] == code
+
+
 def assert_transaction_shape(data: dict[str, Any]) -> None:
     """The verify / charge.success `data` fields Paystack documents, with their types."""
     assert is_int(data["id"])
@@ -124,7 +134,7 @@ def test_verify_reports_each_outcome_in_data_status(client: TestClient, status: 
 def test_verify_unknown_reference_is_400(client: TestClient) -> None:
     response = client.get("/paystack/transaction/verify/nope", headers=PS)
     assert response.status_code == 400
-    assert response.json() == {"status": False, "message": "Transaction reference not found"}
+    assert_error(response.json(), "Transaction reference not found", "transaction_not_found")
 
 
 def test_live_key_sets_live_domain(make_client: Any) -> None:
@@ -165,7 +175,7 @@ def test_every_endpoint_refuses_bad_keys(
 ) -> None:
     response = client.request(method, path, headers=headers, json={})
     assert response.status_code == 401
-    assert response.json() == {"status": False, "message": "Invalid key"}
+    assert_error(response.json(), "Invalid key", "invalid_Key")
 
 
 @pytest.mark.parametrize(
@@ -183,7 +193,7 @@ def test_every_endpoint_refuses_bad_keys(
 def test_initialize_rejects_bad_input(client: TestClient, body: dict[str, Any], message: str) -> None:
     response = client.post("/paystack/transaction/initialize", headers=PS, json=body)
     assert response.status_code == 400
-    assert response.json() == {"status": False, "message": message}
+    assert_error(response.json(), message)
 
 
 def test_initialize_rejects_non_json_and_duplicate_reference(client: TestClient) -> None:
@@ -197,7 +207,7 @@ def test_initialize_rejects_non_json_and_duplicate_reference(client: TestClient)
         json={"email": "a@b.co", "amount": 100, "reference": "DUP-1"},
     )
     assert again.status_code == 400
-    assert again.json() == {"status": False, "message": "Duplicate Transaction Reference"}
+    assert_error(again.json(), "Duplicate Transaction Reference", "duplicate_reference")
 
 
 # The OpenAPI spec's required fields (RefundCreateResponse, RefundFetchResponse / RefundListResponseArray).

@@ -16,7 +16,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from payshift.sandbox import create_app
-from payshift.sandbox.config import DEMO_FLUTTERWAVE_WEBHOOK_HASH
+from payshift.sandbox.gateways.flutterwave import DEMO_WEBHOOK_HASH as DEMO_FLUTTERWAVE_WEBHOOK_HASH
+from payshift.sandbox.gateways.paystack.webhooks import paystack_signature
 from payshift.sandbox.tests.conftest import (
     FW,
     PAYSTACK_KEY,
@@ -28,7 +29,6 @@ from payshift.sandbox.tests.conftest import (
     seed,
     wait_until,
 )
-from payshift.sandbox.webhooks import paystack_signature
 
 
 def deliveries(client: TestClient, **params: str) -> list[dict[str, Any]]:

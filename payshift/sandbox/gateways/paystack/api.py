@@ -1,9 +1,8 @@
-"""Paystack emulation: API routes, response and webhook shapes, checkout outcomes, refunds."""
+"""Paystack's API in the sandbox: handlers and routes, checkout outcomes, refunds and their lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,275 +10,97 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from payshift.sandbox import webhooks
 from payshift.sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
-from payshift.sandbox.config import paystack_mode_for_key
+from payshift.sandbox.gateways.paystack import webhooks
+from payshift.sandbox.gateways.paystack.shapes import (
+    CHANNELS,
+    CURRENCIES,
+    INTEGRATION_EMAIL,
+    NAME,
+    REFUND_FINAL_STATUSES,
+    error_body,
+    mode_for_key,
+    refund_created,
+    refund_record,
+    transaction_data,
+)
 from payshift.sandbox.money import AmountError, parse_minor
 from payshift.sandbox.runtime import Runtime
-from payshift.sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso, utcnow
-
-NAME = "paystack"
-CURRENCIES = frozenset({"NGN", "GHS", "ZAR", "KES", "USD", "XOF", "EGP", "RWF"})
-INTEGRATION_ID = 463_433
-# The integration's own login: Paystack names it in refunded_by and the default merchant_note.
-INTEGRATION_EMAIL = "merchant@payshift.test"
+from payshift.sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, utcnow
+from payshift.sandbox.webhooks import Webhook
 
 API = GatewayApi(
     name=NAME,
-    error_body=lambda message: {"status": False, "message": message},
-    keys=lambda config: config.paystack_secret_keys,
-    mode_for_key=paystack_mode_for_key,
+    error_body=error_body,
+    keys=lambda config: config.setting(NAME, "secret_keys"),
+    mode_for_key=mode_for_key,
     unauthorised_message="Invalid key",
 )
 
 # Paystack has no charge.failed event: only success produces a webhook.
 CHECKOUT_ACTIONS = (("pay", "Pay successfully"), ("fail", "Fail"), ("abandon", "Abandon"))
 _ACTION_STATUS = {"pay": "success", "fail": "failed", "abandon": "abandoned"}
-
-_GATEWAY_RESPONSE = {
-    "success": "Successful",
-    "failed": "Declined",
-    "abandoned": "The transaction was not completed",
-    "pending": "Transaction in progress",
-    "reversed": "Successful",
-}
-
-
-# ---- shapes -------------------------------------------------------------------------------------
-
-
-def _fees(amount: int, currency: str) -> int:
-    """Local card fee in minor units, integer maths: 1.5% (+100 NGN from 2,500 NGN), capped at 2,000 NGN."""
-    if currency != "NGN":
-        return (amount * 390 + 5000) // 10000
-    fee = (amount * 150 + 5000) // 10000 + (10_000 if amount >= 250_000 else 0)
-    return min(fee, 200_000)
-
-
-def _customer(checkout: Checkout) -> dict[str, Any]:
-    first, _, last = (checkout.customer.name or "").partition(" ")
-    return {
-        "id": checkout.customer.id,
-        "first_name": first or None,
-        "last_name": last or None,
-        "email": checkout.email,
-        "customer_code": checkout.customer.code,
-        "phone": checkout.customer.phone,
-        "metadata": None,
-        "risk_action": "default",
-        "international_format_phone": None,
-    }
-
-
-def _authorization(charge: Charge) -> dict[str, Any]:
-    if charge.status not in ("success", "reversed"):
-        return {}  # Paystack sends an empty object until a card has been charged
-    tag = hashlib.sha256(f"{charge.id}".encode()).hexdigest()
-    return {
-        "authorization_code": f"AUTH_{tag[:10]}",
-        "bin": "408408",
-        "last4": "4081",
-        "exp_month": "12",
-        "exp_year": "2030",
-        "channel": "card",
-        "card_type": "visa ",
-        "bank": "TEST BANK",
-        "country_code": "NG",
-        "brand": "visa",
-        "reusable": True,
-        "signature": f"SIG_{tag[10:30]}",
-        "account_name": None,
-    }
-
-
-def transaction_data(checkout: Checkout, charge: Charge, amount: int | None = None) -> dict[str, Any]:
-    """`data` of verify and of charge.success; amounts are int minor units."""
-    reported = charge.reported_amount if amount is None else amount
-    paid = charge.status in ("success", "reversed")
-    return {
-        "id": charge.id,
-        "domain": charge.mode,
-        "status": charge.status,
-        "reference": charge.reference,
-        "receipt_number": None,
-        "amount": reported,
-        "message": None,
-        "gateway_response": _GATEWAY_RESPONSE[charge.status],
-        "paid_at": iso(charge.paid_at),
-        "created_at": iso(charge.created_at),
-        "channel": "card",
-        "currency": charge.currency,
-        "ip_address": "127.0.0.1",
-        "metadata": checkout.metadata,
-        "log": None,
-        "fees": _fees(reported, charge.currency) if paid else None,
-        "fees_split": None,
-        "authorization": _authorization(charge),
-        "customer": _customer(checkout),
-        "plan": None,
-        "split": {},
-        "order_id": None,
-        "paidAt": iso(charge.paid_at),
-        "createdAt": iso(charge.created_at),
-        "requested_amount": checkout.amount,
-        "pos_transaction_data": None,
-        "source": None,
-        "fees_breakdown": None,
-        "connect": None,
-        "transaction_date": iso(charge.created_at),
-        "plan_object": {},
-        "subaccount": {},
-    }
-
-
-def _refund_common(refund: Refund) -> dict[str, Any]:
-    """Fields every refund answer shares (amounts int minor units)."""
-    deducted = refund.amount if refund.status == "processed" else 0
-    return {
-        "integration": INTEGRATION_ID,
-        "domain": refund.mode,
-        "currency": refund.currency,
-        "amount": refund.amount,
-        "status": refund.status,
-        "deducted_amount": deducted,
-        "refunded_by": INTEGRATION_EMAIL,
-        "customer_note": refund.customer_note,
-        "merchant_note": refund.merchant_note,
-        "expected_at": iso(refund.expected_at),
-        "id": refund.id,
-        "createdAt": iso(refund.created_at),
-        "updatedAt": iso(refund.updated_at or refund.created_at),
-    }
-
-
-def _refund_created(refund: Refund, checkout: Checkout, charge: Charge) -> dict[str, Any]:
-    """`data` of POST /refund: the OpenAPI RefundCreateResponse fields, shaped like Paystack's sample."""
-    return {
-        **_refund_common(refund),
-        "transaction": {
-            "id": charge.id,
-            "domain": charge.mode,
-            "reference": charge.reference,
-            "amount": charge.reported_amount,
-            "paid_at": iso(charge.paid_at),
-            "channel": "card",
-            "currency": charge.currency,
-            "authorization": {"exp_month": None, "exp_year": None, "account_name": None},
-            "customer": {"international_format_phone": None},
-            "plan": {},
-            "subaccount": {"currency": None},
-            "split": {},
-            "order_id": None,
-            "paidAt": iso(charge.paid_at),
-            "pos_transaction_data": None,
-            "source": None,
-            "fees_breakdown": None,
-        },
-        "channel": None,
-        "fully_deducted": False,  # a boolean here; fetch and list answer 0/1
-    }
-
-
-def _refund_record(refund: Refund, store: Store) -> dict[str, Any]:
-    """`data` of GET /refund/{id} and each row of GET /refund: the spec's required fields, plus
-    `refund_reference`, which the webhooks carry too."""
-    checkout = store.checkouts[(NAME, refund.reference)]
-    charge = store.charges.get((NAME, refund.charge_id))
-    transaction_amount = charge.reported_amount if charge else refund.amount
-    return {
-        **_refund_common(refund),
-        "transaction": refund.charge_id,
-        "dispute": None,
-        "settlement": None,
-        "refunded_at": iso(refund.processed_at) if refund.status == "processed" else None,
-        "fully_deducted": 1 if refund.status == "processed" else 0,
-        "bank_reference": None,
-        "transaction_reference": refund.reference,
-        "reason": refund.customer_note or "",
-        "customer": {**_customer(checkout), "metadata": None},
-        "refund_type": "full" if refund.amount >= transaction_amount else "partial",
-        "transaction_amount": transaction_amount,
-        "initiated_by": INTEGRATION_EMAIL,
-        "refund_channel": "card",
-        "session_id": None,
-        "collect_account_number": refund.status == "needs-attention",
-        "refund_reference": refund.refund_reference,
-    }
-
-
-# ---- webhooks -----------------------------------------------------------------------------------
-
-
-def charge_success_webhook(runtime: Runtime, checkout: Checkout, charge: Charge) -> webhooks.Webhook:
-    # webhook_amount_delta makes the body disagree with verify, which stays truthful.
-    amount = charge.reported_amount + runtime.faults.webhook_amount_delta
-    data = transaction_data(checkout, charge, amount=amount)
-    data["source"] = {
-        "type": "api",
-        "source": "merchant_api",
-        "entry_point": "transaction_initialize",
-        "identifier": None,
-    }
-    return webhooks.build_paystack(runtime, "charge.success", charge.reference, data)
-
-
-def _refund_webhook(runtime: Runtime, refund: Refund, checkout: Checkout) -> webhooks.Webhook:
-    """refund.<status>, shaped like Paystack's samples: the amount a string, refund_reference null until
-    processed, and only needs-attention carrying the refund's id and notes."""
-    first, _, last = (checkout.customer.name or "").partition(" ")
-    data: dict[str, Any] = {
-        "status": refund.status,
-        "transaction_reference": refund.reference,
-        "refund_reference": refund.refund_reference,
-        "amount": str(refund.amount),
-        "currency": refund.currency,
-        "processor": "mpgs_zen",
-        "customer": {"first_name": first or None, "last_name": last or None, "email": checkout.email},
-        "integration": INTEGRATION_ID,
-        "domain": refund.mode,
-    }
-    if refund.status == "needs-attention":
-        data.update(id=str(refund.id), customer_note=refund.customer_note, merchant_note=refund.merchant_note)
-    return webhooks.build_paystack(runtime, f"refund.{refund.status}", refund.reference, data)
+_BUSY = "Try again in a few seconds"
 
 
 # ---- API handlers -------------------------------------------------------------------------------
 
 
+def _channels(raw: Any) -> tuple[str, ...]:
+    """initialize's `channels`: the payment channels offered; a form body may send one as a plain string."""
+    if raw is None or raw == "":
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(item, str) and item in CHANNELS for item in items):
+        raise ApiError(400, f"Invalid channels: use any of {', '.join(CHANNELS)}", code="invalid_channels")
+    return tuple(dict.fromkeys(items))
+
+
 async def initialize(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
-    body = await read_json(request)
+    body = await read_json(request, accept_form=True)
     email = body.get("email")
     if not isinstance(email, str) or "@" not in email:
-        raise ApiError(400, "Invalid Email Address Passed")
+        raise ApiError(400, "Invalid Email Address Passed", code="invalid_email")
     try:
         amount = parse_minor(body.get("amount"))
     except AmountError:
-        raise ApiError(400, "Invalid Amount Sent") from None
+        raise ApiError(400, "Invalid Amount Sent", code="invalid_amount") from None
     if amount <= 0:
-        raise ApiError(400, "Invalid Amount Sent")
+        raise ApiError(400, "Invalid Amount Sent", code="invalid_amount")
     currency = body.get("currency") or "NGN"
     if not isinstance(currency, str) or currency.upper() not in CURRENCIES:
-        raise ApiError(400, "Currency not supported by merchant")
+        raise ApiError(400, "Currency not supported by merchant", code="unsupported_currency")
     reference = body.get("reference") or secrets.token_hex(5)
     if not isinstance(reference, str | int) or isinstance(reference, bool):
-        raise ApiError(400, "Invalid reference")
+        raise ApiError(400, "Invalid reference", code="invalid_reference")
     callback_url = body.get("callback_url")
     if callback_url is not None and not isinstance(callback_url, str):
-        raise ApiError(400, "Invalid callback_url")
+        raise ApiError(400, "Invalid callback_url", code="invalid_callback_url")
+    channels = _channels(body.get("channels"))
     runtime = call.runtime
     with runtime.store.lock:
         if (NAME, str(reference)) in runtime.store.checkouts:
-            raise ApiError(400, "Duplicate Transaction Reference")
-        checkout = runtime.store.add_checkout(
-            gateway=NAME,
-            reference=str(reference),
-            amount=amount,
-            currency=currency.upper(),
-            email=email,
-            mode=call.mode,
-            callback_url=callback_url or None,
-            metadata=_metadata(body.get("metadata")),
-        )
+            raise ApiError(
+                400,
+                "Duplicate Transaction Reference",
+                code="duplicate_reference",
+                next_step="Try and create the Transaction or Charge with a new reference",
+            )
+        try:
+            checkout = runtime.store.add_checkout(
+                gateway=NAME,
+                reference=str(reference),
+                access_code=secrets.token_urlsafe(12),
+                amount=amount,
+                currency=currency.upper(),
+                email=email,
+                mode=call.mode,
+                callback_url=callback_url or None,
+                metadata=_metadata(body.get("metadata")),
+                channels=channels,
+            )
+        except StoreFullError as exc:
+            raise ApiError(503, f"Transactions are busy, try again later ({exc})", next_step=_BUSY) from None
         # An initialised, untouched Paystack transaction verifies as "abandoned" and can still be paid.
         runtime.store.add_charge(checkout, "abandoned")
     return 200, {
@@ -305,9 +126,72 @@ async def verify(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
         checkout = store.checkouts.get((NAME, reference))
         charge = store.latest_charge(checkout) if checkout else None
         if checkout is None or charge is None:
-            raise ApiError(400, "Transaction reference not found")
+            raise ApiError(
+                400,
+                "Transaction reference not found",
+                code="transaction_not_found",
+                next_step="Ensure that you're passing the reference of a transaction that exists on this integration",
+            )
         data = transaction_data(checkout, charge)
     return 200, {"status": True, "message": "Verification successful", "data": data}
+
+
+async def transaction_fetch(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    """GET /transaction/{id}: the same `data` as verify, found by the integer transaction id."""
+    transaction_id = ascii_int(request.path_params["transaction_id"])
+    store = call.runtime.store
+    with store.lock:
+        charge = store.charges.get((NAME, transaction_id)) if transaction_id is not None else None
+        if charge is None:
+            raise ApiError(404, "Transaction not found", code="transaction_not_found")
+        data = transaction_data(store.checkouts[(NAME, charge.reference)], charge)
+    return 200, {"status": True, "message": "Transaction retrieved", "data": data}
+
+
+_LIST_STATUSES = frozenset({"success", "failed", "abandoned", "reversed"})
+
+
+async def transaction_list(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    """GET /transaction: newest first, `perPage` (or the spec's `per_page`) / `page` / `from` / `to` /
+    `status` / `customer` / `amount` / `channel`; `meta` has the spec's paging fields and total_volume."""
+    per_page = _query_int(request, "perPage", 0, 1000) or _query_int(request, "per_page", 50, 1000)
+    page = _query_int(request, "page", 1, 10**6)
+    since, until = _query_time(request, "from"), _query_time(request, "to")
+    status = request.query_params.get("status") or None
+    if status is not None and status not in _LIST_STATUSES:
+        raise ApiError(400, "Invalid status", code="invalid_params")
+    raw_amount = request.query_params.get("amount") or None
+    amount = ascii_int(raw_amount) if raw_amount else None
+    if raw_amount and amount is None:
+        raise ApiError(400, "Invalid amount", code="invalid_params")
+    channel = request.query_params.get("channel") or None
+    customer = request.query_params.get("customer") or None
+    store = call.runtime.store
+    with store.lock:
+        rows = [
+            (checkout, charge)
+            for checkout in reversed(store.checkouts.values())
+            if checkout.gateway == NAME
+            and (charge := store.latest_charge(checkout)) is not None
+            and (status is None or charge.status == status)
+            and (amount is None or charge.reported_amount == amount)
+            and (channel is None or (checkout.channel or "card") == channel)
+            and (customer is None or customer in (str(checkout.customer.id), checkout.customer.code))
+            and (since is None or charge.created_at >= since)
+            and (until is None or charge.created_at <= until)
+        ]
+        skipped = (page - 1) * per_page
+        data = [transaction_data(checkout, charge) for checkout, charge in rows[skipped : skipped + per_page]]
+        volume = sum(charge.reported_amount for _checkout, charge in rows if charge.status == "success")
+    meta = {
+        "total": len(rows),
+        "total_volume": volume,
+        "skipped": skipped,
+        "perPage": per_page,
+        "page": page,
+        "pageCount": max(1, -(-len(rows) // per_page)),
+    }
+    return 200, {"status": True, "message": "Transactions retrieved", "data": data, "meta": meta}
 
 
 def _find_charge(store: Store, transaction: Any) -> tuple[Checkout, Charge] | None:
@@ -329,27 +213,27 @@ def _find_charge(store: Store, transaction: Any) -> tuple[Checkout, Charge] | No
 
 
 async def refund_create(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
-    body = await read_json(request)
+    body = await read_json(request, accept_form=True)
     transaction = body.get("transaction")
     if transaction in (None, ""):
-        raise ApiError(400, "Transaction reference or id is required")
+        raise ApiError(400, "Transaction reference or id is required", code="missing_params")
     amount: int | None = None
-    if body.get("amount") is not None:
+    if body.get("amount") not in (None, ""):
         try:
             amount = parse_minor(body["amount"])
         except AmountError:
-            raise ApiError(400, "Invalid amount") from None
+            raise ApiError(400, "Invalid amount", code="invalid_amount") from None
         if amount <= 0:
-            raise ApiError(400, "Invalid amount")
+            raise ApiError(400, "Invalid amount", code="invalid_amount")
     for note in ("customer_note", "merchant_note"):
         if body.get(note) is not None and not isinstance(body[note], str):
-            raise ApiError(400, f"Invalid {note}")
+            raise ApiError(400, f"Invalid {note}", code="invalid_params")
     runtime = call.runtime
     store = runtime.store
     with store.lock:
         found = _find_charge(store, transaction)
         if found is None:
-            raise ApiError(404, "Transaction not found")
+            raise ApiError(404, "Transaction not found", code="transaction_not_found")
         checkout, charge = found
         if body.get("currency") and str(body["currency"]).upper() != charge.currency:
             raise ApiError(400, "Currency does not match the transaction currency")
@@ -365,6 +249,7 @@ async def refund_create(request: Request, call: ApiCall) -> tuple[int, dict[str,
                 charge,
                 amount,
                 "pending",
+                final_statuses=REFUND_FINAL_STATUSES,
                 # Paystack's defaults when no notes are given (its create sample).
                 customer_note=body.get("customer_note") or f"Refund for transaction {charge.reference}",
                 merchant_note=body.get("merchant_note")
@@ -372,11 +257,11 @@ async def refund_create(request: Request, call: ApiCall) -> tuple[int, dict[str,
                 outcome=runtime.faults.refund_outcome,
             )
         except StoreFullError as exc:
-            raise ApiError(503, f"Refunds are busy, try again later ({exc})") from None
+            raise ApiError(503, f"Refunds are busy, try again later ({exc})", next_step=_BUSY) from None
         steps = 1 if refund.outcome == "needs-attention" else 2
         refund.expected_at = refund.created_at + timedelta(milliseconds=steps * runtime.config.refund_delay_ms)
-        data = _refund_created(refund, checkout, charge)
-        webhook = _refund_webhook(runtime, refund, checkout)
+        data = refund_created(refund, checkout, charge)
+        webhook = webhooks.refund_event(runtime, refund, checkout)
     runtime.send_webhooks([webhook])
     if runtime.config.refund_auto_advance:
         runtime.spawn(_refund_lifecycle(runtime, refund.id))
@@ -387,14 +272,14 @@ def _refund_by_path(store: Store, raw_id: str) -> Refund:
     refund_id = ascii_int(raw_id)
     refund = store.refunds.get((NAME, refund_id)) if refund_id is not None else None
     if refund is None:
-        raise ApiError(404, "Refund not found")
+        raise ApiError(404, "Refund not found", code="refund_not_found")
     return refund
 
 
 async def refund_fetch(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
     store = call.runtime.store
     with store.lock:
-        data = _refund_record(_refund_by_path(store, request.path_params["refund_id"]), store)
+        data = refund_record(_refund_by_path(store, request.path_params["refund_id"]), store)
     return 200, {"status": True, "message": "Refund retrieved", "data": data}
 
 
@@ -404,7 +289,7 @@ def _query_int(request: Request, name: str, default: int, limit: int) -> int:
         return default
     value = ascii_int(raw, max_digits=7)
     if value is None or not 1 <= value <= limit:
-        raise ApiError(400, f"Invalid {name}")
+        raise ApiError(400, f"Invalid {name}", code="invalid_params")
     return value
 
 
@@ -415,7 +300,7 @@ def _query_time(request: Request, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, f"Invalid {name} date") from None
+        raise ApiError(400, f"Invalid {name} date", code="invalid_params") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -439,7 +324,7 @@ async def refund_list(request: Request, call: ApiCall) -> tuple[int, dict[str, A
             and (until is None or r.created_at <= until)
         ]
         skipped = (page - 1) * per_page
-        data = [_refund_record(r, store) for r in rows[skipped : skipped + per_page]]
+        data = [refund_record(r, store) for r in rows[skipped : skipped + per_page]]
     meta = {
         "total": len(rows),
         "skipped": skipped,
@@ -484,7 +369,7 @@ def refund_advance(runtime: Runtime, refund: Refund, target: str | None = None) 
     # A fully refunded Paystack transaction verifies as "reversed" from then on.
     if status == "processed" and charge.refundable == 0 and not still_open:
         store.set_charge_status(checkout, charge, "reversed")
-    runtime.send_webhooks([_refund_webhook(runtime, refund, checkout)])
+    runtime.send_webhooks([webhooks.refund_event(runtime, refund, checkout)])
 
 
 async def _refund_lifecycle(runtime: Runtime, refund_id: int) -> None:
@@ -500,11 +385,13 @@ async def _refund_lifecycle(runtime: Runtime, refund_id: int) -> None:
 
 
 ROUTES: list[Route] = [
-    API.route("/paystack/transaction/initialize", initialize, ["POST"]),
-    API.route("/paystack/transaction/verify/{reference}", verify, ["GET"]),
-    API.route("/paystack/refund", refund_create, ["POST"]),
-    API.route("/paystack/refund", refund_list, ["GET"]),
-    API.route("/paystack/refund/{refund_id}", refund_fetch, ["GET"]),
+    API.route("/transaction/initialize", initialize, ["POST"]),
+    API.route("/transaction/verify/{reference}", verify, ["GET"]),
+    API.route("/transaction", transaction_list, ["GET"]),
+    API.route("/transaction/{transaction_id}", transaction_fetch, ["GET"]),
+    API.route("/refund", refund_create, ["POST"]),
+    API.route("/refund", refund_list, ["GET"]),
+    API.route("/refund/{refund_id}", refund_fetch, ["GET"]),
 ]
 
 
@@ -517,21 +404,23 @@ def complete_checkout(runtime: Runtime, checkout: Checkout, action: str) -> list
     if status is None:
         raise ValueError(f"unknown action {action!r}")
     store = runtime.store
-    batch: list[webhooks.Webhook] = []
+    batch: list[Webhook] = []
     with store.lock:
         charge = store.latest_charge(checkout) or store.add_charge(checkout, status)
         store.set_charge_status(checkout, charge, status)
         if status == "success":
             charge.amount = checkout.amount
-            batch.append(charge_success_webhook(runtime, checkout, charge))
+            batch.append(webhooks.charge_success(runtime, checkout, charge))
     runtime.send_webhooks(batch)
     return [("trxref", checkout.reference), ("reference", checkout.reference)]
 
 
 def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, bool]:
     """Create or update a transaction for tests; ValueError explains a bad request."""
+    if spec.channel is not None and spec.channel not in CHANNELS:
+        raise ValueError(f"a Paystack channel is one of {', '.join(CHANNELS)}")
     store = runtime.store
-    batch: list[webhooks.Webhook] = []
+    batch: list[Webhook] = []
     with store.lock:
         checkout = store.checkouts.get((NAME, spec.reference))
         created = checkout is None
@@ -541,13 +430,15 @@ def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, b
             checkout = store.add_checkout(
                 gateway=NAME,
                 reference=spec.reference,
+                access_code=secrets.token_urlsafe(12),
                 amount=spec.amount,
                 currency=spec.currency or "NGN",
                 email=spec.email or "customer@example.com",
-                mode=spec.mode or paystack_mode_for_key(runtime.config.paystack_secret_keys[0]),
+                mode=spec.mode or mode_for_key(runtime.config.setting(NAME, "secret_keys")[0]),
                 callback_url=spec.callback_url,
                 metadata=_metadata(spec.metadata),
             )
+            checkout.channel = spec.channel
             charge = store.add_charge(checkout, spec.status or "success")
         else:
             spec.apply_to_checkout(checkout)
@@ -561,6 +452,6 @@ def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, b
         if spec.verify_amount_given:
             charge.verify_amount = spec.verify_amount
         if spec.send_webhook and charge.status == "success":
-            batch.append(charge_success_webhook(runtime, checkout, charge))
+            batch.append(webhooks.charge_success(runtime, checkout, charge))
     runtime.send_webhooks(batch)
     return checkout, created

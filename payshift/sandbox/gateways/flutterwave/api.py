@@ -1,8 +1,9 @@
-"""Flutterwave v3 emulation: API routes, response and webhook shapes (major units), attempts, refunds."""
+"""Flutterwave v3 in the sandbox: API handlers and routes, response shapes (major units), attempts, refunds."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -10,14 +11,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from payshift.sandbox import webhooks
 from payshift.sandbox.api import ApiCall, ApiError, GatewayApi, ascii_int, read_json
-from payshift.sandbox.config import flutterwave_mode_for_key
+from payshift.sandbox.gateways.flutterwave import webhooks
 from payshift.sandbox.money import AmountError, major_to_minor, minor_to_major
 from payshift.sandbox.runtime import Runtime
 from payshift.sandbox.state import Charge, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso, utcnow
+from payshift.sandbox.webhooks import Webhook
 
 NAME = "flutterwave"
+REFUND_FINAL_STATUSES = frozenset({"completed", "failed"})
 ACCOUNT_ID = 17_321
 WALLET_ID = 74_639
 LIST_PAGE_SIZE = 20  # GET /refunds answers 20 a page (page_info.page_size in Flutterwave's example)
@@ -28,11 +30,16 @@ LIST_PAGE_SIZE = 20  # GET /refunds answers 20 a page (page_info.page_size in Fl
 NOT_FOUND_STATUS = 404
 NOT_FOUND_MESSAGE = "No transaction was found for this id"
 
+def mode_for_key(key: str) -> str:
+    # Flutterwave marks test keys in the prefix (FLWSECK_TEST-); live keys are FLWSECK-.
+    return "test" if "_TEST" in key.split("-", 1)[0] else "live"
+
+
 API = GatewayApi(
     name=NAME,
-    error_body=lambda message: {"status": "error", "message": message, "data": None},
-    keys=lambda config: config.flutterwave_secret_keys,
-    mode_for_key=flutterwave_mode_for_key,
+    error_body=lambda _status, message, _code, _next_step: {"status": "error", "message": message, "data": None},
+    keys=lambda config: config.setting(NAME, "secret_keys"),
+    mode_for_key=mode_for_key,
     unauthorised_message="Invalid authorization key",
 )
 
@@ -52,6 +59,42 @@ _PROCESSOR_RESPONSE = {
     "failed": "Declined by Financial Institution",
     "pending": "Pending validation",
 }
+
+
+# payment_type values a checkout can end with (Flutterwave's words); `card` is the default.
+CHANNELS = ("card", "account", "ussd", "bank_transfer", "mobilemoneyghana", "mpesa")
+# /v3/payments' payment_options names -> the payment_type the transaction then reports.
+_PAYMENT_OPTIONS = {"banktransfer": "bank_transfer", "mobilemoneyghana": "mobilemoneyghana", **{c: c for c in CHANNELS}}
+
+
+def _new_flw_ref() -> str:
+    return f"FLW-MOCK-{secrets.token_hex(16)}"
+
+
+def _phone(raw: Any) -> str | None:
+    """customer.phonenumber as sent: a string, or a number (kept as its digits, not dropped)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return str(raw)
+    return raw if isinstance(raw, str) and raw else None
+
+
+def _payment_options(raw: Any) -> tuple[str, ...]:
+    """`payment_options` ("card, ussd, banktransfer") as payment types; unknown names are refused."""
+    if raw in (None, ""):
+        return ()
+    if not isinstance(raw, str):
+        raise ApiError(400, "payment_options must be a comma-separated string")
+    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    unknown = [name for name in names if name not in _PAYMENT_OPTIONS]
+    if unknown:
+        raise ApiError(400, f"Unknown payment option(s): {', '.join(unknown)}")
+    return tuple(dict.fromkeys(_PAYMENT_OPTIONS[name] for name in names))
+
+
+def payment_type(checkout: Checkout) -> str:
+    return checkout.channel or (checkout.channels[0] if checkout.channels else "card")
 
 
 # ---- shapes -------------------------------------------------------------------------------------
@@ -76,7 +119,7 @@ def _card(charge: Charge, *, with_token: bool) -> dict[str, Any]:
         "expiry": "09/32",
     }
     if with_token:
-        card["token"] = f"flw-t1nf-{charge.flw_ref[-24:]}-m03k"
+        card["token"] = f"flw-t1nf-{charge.gateway_ref[-24:]}-m03k"
     return card
 
 
@@ -99,7 +142,7 @@ def transaction_data(
     data: dict[str, Any] = {
         "id": charge.id,
         "tx_ref": charge.reference,
-        "flw_ref": charge.flw_ref,
+        "flw_ref": charge.gateway_ref,
         "device_fingerprint": "N/A",
         "amount": _major(reported, charge.currency),
         "currency": charge.currency,
@@ -111,26 +154,31 @@ def transaction_data(
         "ip": "127.0.0.1",
         "narration": "CARD Transaction ",
         "status": _STATUS[charge.status],
-        "payment_type": "card",
+        "payment_type": payment_type(checkout),
         "created_at": iso(charge.created_at),
         "account_id": ACCOUNT_ID,
     }
+    card = payment_type(checkout) == "card"
     if webhook:
         data["customer"] = _customer(checkout)
-        data["card"] = _card(charge, with_token=False)
+        if card:
+            data["card"] = _card(charge, with_token=False)
         return data
-    data["card"] = _card(charge, with_token=True)
+    if card:
+        data["card"] = _card(charge, with_token=True)
     data["meta"] = checkout.metadata if checkout.metadata != "" else None
     data["amount_settled"] = _major(reported - fee if charge.status == "success" else 0, charge.currency)
     data["customer"] = _customer(checkout)
     return data
 
 
-def charge_completed_webhook(runtime: Runtime, checkout: Checkout, charge: Charge) -> webhooks.Webhook:
+def charge_completed_webhook(runtime: Runtime, checkout: Checkout, charge: Charge) -> Webhook:
     # webhook_amount_delta makes the body disagree with verify, which stays truthful.
     amount = charge.reported_amount + runtime.faults.webhook_amount_delta
+    if runtime.config.setting(NAME, "webhook_format") == "legacy":
+        return webhooks.legacy_charge(runtime, checkout, charge, amount)
     data = transaction_data(checkout, charge, amount=amount, webhook=True)
-    return webhooks.build_flutterwave(runtime, "charge.completed", charge.reference, data, "CARD_TRANSACTION")
+    return webhooks.build(runtime, "charge.completed", charge.reference, data, webhooks.event_type(checkout))
 
 
 # ---- API handlers -------------------------------------------------------------------------------
@@ -173,20 +221,23 @@ async def payments(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]
         if (NAME, tx_ref) in runtime.store.checkouts:
             raise ApiError(400, "Duplicate Transaction Reference")
         # No transaction id yet: Flutterwave creates one per payment attempt.
-        checkout = runtime.store.add_checkout(
-            gateway=NAME,
-            reference=tx_ref,
-            amount=amount,
-            currency=currency,
-            email=customer["email"],
-            mode=call.mode,
-            callback_url=redirect_url,
-            metadata=body.get("meta", ""),
-            customer_name=customer.get("name") if isinstance(customer.get("name"), str) else None,
-            customer_phone=customer.get("phonenumber")
-            if isinstance(customer.get("phonenumber"), str)
-            else None,
-        )
+        try:
+            checkout = runtime.store.add_checkout(
+                gateway=NAME,
+                reference=tx_ref,
+                access_code=secrets.token_hex(12),
+                amount=amount,
+                currency=currency,
+                email=customer["email"],
+                mode=call.mode,
+                callback_url=redirect_url,
+                metadata=body.get("meta", ""),
+                customer_name=customer.get("name") if isinstance(customer.get("name"), str) else None,
+                customer_phone=_phone(customer.get("phonenumber")),
+                channels=_payment_options(body.get("payment_options")),
+            )
+        except StoreFullError as exc:
+            raise ApiError(503, f"Transactions are busy, try again later ({exc})") from None
     link = f"{runtime.config.public_url}/checkout/{checkout.access_code}"
     return 200, {"status": "success", "message": "Hosted Link", "data": {"link": link}}
 
@@ -233,7 +284,7 @@ def _refund_data(refund: Refund) -> dict[str, Any]:
         "id": refund.id,
         "account_id": ACCOUNT_ID,
         "tx_id": refund.charge_id,
-        "flw_ref": refund.flw_ref,
+        "flw_ref": refund.gateway_ref,
         "wallet_id": WALLET_ID,
         "amount_refunded": _major(refund.amount, refund.currency),
         "status": refund.status,
@@ -250,7 +301,7 @@ def _refund_row(refund: Refund) -> dict[str, Any]:
         "id": refund.id,
         "amount_refunded": _major(refund.amount, refund.currency),
         "status": refund.status,
-        "flw_ref": refund.flw_ref,
+        "flw_ref": refund.gateway_ref,
         "comment": refund.merchant_note,
         "settlement_id": None,
         "meta": {"source": "availablebalance"},
@@ -281,7 +332,13 @@ async def refund(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
         # "processing" is Flutterwave's transient refund state; it ends "completed" or "failed" later.
         try:
             record = store.add_refund(
-                charge, amount, "processing", merchant_note=comments, outcome=runtime.faults.refund_outcome
+                charge,
+                amount,
+                "processing",
+                final_statuses=REFUND_FINAL_STATUSES,
+                merchant_note=comments,
+                outcome=runtime.faults.refund_outcome,
+                gateway_ref=f"URF_{secrets.token_hex(8)}",
             )
         except StoreFullError as exc:
             raise ApiError(503, f"Refunds are busy, try again later ({exc})") from None
@@ -346,6 +403,51 @@ async def refund_list(request: Request, call: ApiCall) -> tuple[int, dict[str, A
     return 200, {"status": "success", "message": "Refunds fetched", "meta": {"page_info": page_info}, "data": data}
 
 
+def _transaction_row(checkout: Checkout, charge: Charge) -> dict[str, Any]:
+    """One row of GET /v3/transactions: the verify `data` without `meta` and `account_id` (the list example)."""
+    row = transaction_data(checkout, charge)
+    del row["meta"], row["account_id"]
+    return row
+
+
+TRANSACTION_PAGE_SIZE = 10  # GET /v3/transactions answers 10 a page (page_info in Flutterwave's example)
+
+
+async def transaction_list(request: Request, call: ApiCall) -> tuple[int, dict[str, Any]]:
+    """GET /v3/transactions: every attempt (transaction id), newest first, 10 a page; filters `from`/`to`
+    (dates), `status`, `tx_ref`, `customer_email`, `currency`, `page`."""
+    page = ascii_int(request.query_params.get("page") or "1", max_digits=7)
+    if page is None or page < 1:
+        raise ApiError(400, "Invalid page")
+    since, until = _query_date(request, "from"), _query_date(request, "to")
+    status = request.query_params.get("status") or None
+    tx_ref = request.query_params.get("tx_ref") or None
+    email = (request.query_params.get("customer_email") or "").lower()
+    currency = (request.query_params.get("currency") or "").upper()
+    store = call.runtime.store
+    with store.lock:
+        rows = [
+            (checkout, charge)
+            for (gateway, _charge_id), charge in reversed(store.charges.items())
+            if gateway == NAME
+            and (checkout := store.checkouts.get((NAME, charge.reference))) is not None
+            and (status is None or _STATUS[charge.status] == status)
+            and (tx_ref is None or charge.reference == tx_ref)
+            and (not email or checkout.email.lower() == email)
+            and (not currency or charge.currency == currency)
+            and (since is None or charge.created_at.date() >= since)
+            and (until is None or charge.created_at.date() <= until)
+        ]
+        start = (page - 1) * TRANSACTION_PAGE_SIZE
+        data = [_transaction_row(checkout, charge) for checkout, charge in rows[start : start + TRANSACTION_PAGE_SIZE]]
+    page_info = {
+        "total": len(rows),
+        "current_page": page,
+        "total_pages": max(1, -(-len(rows) // TRANSACTION_PAGE_SIZE)),
+    }
+    return 200, {"status": "success", "message": "Transactions fetched", "meta": {"page_info": page_info}, "data": data}
+
+
 ADVANCE_TARGETS = ("completed", "failed")
 
 
@@ -365,7 +467,7 @@ def refund_advance(runtime: Runtime, record: Refund, target: str | None = None) 
         # No failure webhook: v3 documents only refund.completed; polling (GET /refunds/{id}) finds it.
         runtime.store.charges[(NAME, record.charge_id)].refunded -= record.amount
         return
-    hook = webhooks.build_flutterwave(runtime, "refund.completed", record.reference, _refund_data(record), None)
+    hook = webhooks.build(runtime, "refund.completed", record.reference, _refund_data(record), None)
     runtime.send_webhooks([hook])
 
 
@@ -378,12 +480,13 @@ async def _refund_lifecycle(runtime: Runtime, refund_id: int) -> None:
 
 
 ROUTES: list[Route] = [
-    API.route("/flutterwave/v3/payments", payments, ["POST"]),
-    API.route("/flutterwave/v3/transactions/verify_by_reference", verify_by_reference, ["GET"]),
-    API.route("/flutterwave/v3/transactions/{transaction_id}/verify", verify, ["GET"]),
-    API.route("/flutterwave/v3/transactions/{transaction_id}/refund", refund, ["POST"]),
-    API.route("/flutterwave/v3/refunds", refund_list, ["GET"]),
-    API.route("/flutterwave/v3/refunds/{refund_id}", refund_fetch, ["GET"]),
+    API.route("/v3/payments", payments, ["POST"]),
+    API.route("/v3/transactions", transaction_list, ["GET"]),
+    API.route("/v3/transactions/verify_by_reference", verify_by_reference, ["GET"]),
+    API.route("/v3/transactions/{transaction_id}/verify", verify, ["GET"]),
+    API.route("/v3/transactions/{transaction_id}/refund", refund, ["POST"]),
+    API.route("/v3/refunds", refund_list, ["GET"]),
+    API.route("/v3/refunds/{refund_id}", refund_fetch, ["GET"]),
 ]
 
 
@@ -396,11 +499,11 @@ def complete_checkout(runtime: Runtime, checkout: Checkout, action: str) -> list
     if action not in plan:
         raise ValueError(f"unknown action {action!r}")
     store = runtime.store
-    batch: list[webhooks.Webhook] = []
+    batch: list[Webhook] = []
     with store.lock:
         last: Charge | None = None
         for status in plan[action]:
-            last = store.add_charge(checkout, status)
+            last = store.add_charge(checkout, status, gateway_ref=_new_flw_ref())
             batch.append(charge_completed_webhook(runtime, checkout, last))
         if last is None:
             checkout.status = "abandoned"
@@ -418,8 +521,10 @@ def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, b
     """Create or update a tx_ref for tests; `new_attempt` adds a transaction id. ValueError = bad input."""
     if spec.status == "reversed":
         raise ValueError("Flutterwave has no reversed status")
+    if spec.channel is not None and spec.channel not in CHANNELS:
+        raise ValueError(f"a Flutterwave payment_type is one of {', '.join(CHANNELS)}")
     store = runtime.store
-    batch: list[webhooks.Webhook] = []
+    batch: list[Webhook] = []
     with store.lock:
         checkout = store.checkouts.get((NAME, spec.reference))
         created = checkout is None
@@ -436,19 +541,21 @@ def control_upsert(runtime: Runtime, spec: TransactionSpec) -> tuple[Checkout, b
             checkout = store.add_checkout(
                 gateway=NAME,
                 reference=spec.reference,
+                access_code=secrets.token_hex(12),
                 amount=spec.amount or 0,
                 currency=spec.currency or "NGN",
                 email=spec.email or "customer@example.com",
-                mode=spec.mode or flutterwave_mode_for_key(runtime.config.flutterwave_secret_keys[0]),
+                mode=spec.mode or mode_for_key(runtime.config.setting(NAME, "secret_keys")[0]),
                 callback_url=spec.callback_url,
                 metadata=spec.metadata if spec.metadata is not None else "",
             )
+            checkout.channel = spec.channel
         else:
             spec.apply_to_checkout(checkout)
         if status == "abandoned":
             checkout.status = "abandoned"  # no attempt, so no transaction id, as at Flutterwave
         elif status and (charge is None or spec.new_attempt):
-            charge = store.add_charge(checkout, status)
+            charge = store.add_charge(checkout, status, gateway_ref=_new_flw_ref())
         elif charge is not None:
             charge.amount = checkout.amount
             charge.currency = checkout.currency

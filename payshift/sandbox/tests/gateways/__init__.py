@@ -1,0 +1,1 @@
+"""Test-only sandbox gateways, served when a test adds this package to SandboxConfig.gateway_packages."""
