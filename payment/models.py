@@ -48,7 +48,8 @@ class Payment(models.Model):
     # The host's own object this payment is for (an order, an invoice, a booking): any model, by content type
     # and primary key, so Payshift needs no foreign key into the host's schema (payment.api.payment_start).
     order_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    order_id = models.CharField(max_length=64, null=True, blank=True)
+    # NULL, not "", when there is no order: a GenericForeignKey set to None writes None.
+    order_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     order = GenericForeignKey("order_type", "order_id")
     metadata = models.JSONField(default=dict, blank=True)
     gateway_transaction_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
