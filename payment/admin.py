@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from . import queueing, services
+from . import services
 from .gateways.base import GatewayError
 from .gateways.registry import gateway_classes
 from .models import (
@@ -276,9 +276,7 @@ class WebhookEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
         count = 0
         for event in queryset.exclude(status=EventStatus.IGNORED):
-            services.event_requeue(event.pk, force=True)
-            queueing.event_dispatch(event.pk, path="replay")
-            count += 1
+            count += services.event_replay(event.pk, force=True) == "replayed"
         self.message_user(request, f"{count} event(s) queued for reprocessing.")
 
     @admin.action(description="Re-verify the payment with the gateway")

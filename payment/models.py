@@ -109,6 +109,28 @@ class EventStatus(models.TextChoices):
     DEAD = "dead"
 
 
+_E = EventStatus
+# The webhook event state machine, named once (docs/architecture.md, "Webhook event states"): every status set
+# the code asks about, and the one table of moves. A replay (forced) is the only way out of a finished status.
+EVENT_UNFINISHED = frozenset({_E.RECEIVED, _E.QUEUED, _E.PROCESSING, _E.FAILED, _E.UNMATCHED})  # work still owed
+EVENT_FINISHED = frozenset({_E.PROCESSED, _E.IGNORED, _E.DEAD})  # nothing more happens by itself
+EVENT_HANDLED = frozenset({_E.PROCESSED, _E.IGNORED})  # applied or not ours: bodies may be pruned
+EVENT_CLAIMABLE = frozenset({_E.RECEIVED, _E.QUEUED, _E.FAILED, _E.UNMATCHED})  # a worker may take it now
+EVENT_REPLAYABLE = frozenset({_E.RECEIVED, _E.QUEUED, _E.FAILED, _E.DEAD, _E.UNMATCHED})  # a person may requeue
+EVENT_MOVES: dict[str, frozenset[str]] = {
+    _E.RECEIVED: frozenset({_E.QUEUED, _E.PROCESSING, _E.DEAD}),
+    # -> received: no queue took it; -> queued: the sweep or a person publishes a stale one again.
+    _E.QUEUED: frozenset({_E.PROCESSING, _E.RECEIVED, _E.DEAD, _E.QUEUED}),
+    # -> processing: a stale claim (its worker died) is taken over.
+    _E.PROCESSING: frozenset({_E.PROCESSED, _E.IGNORED, _E.UNMATCHED, _E.FAILED, _E.DEAD, _E.QUEUED, _E.PROCESSING}),
+    _E.FAILED: frozenset({_E.QUEUED, _E.PROCESSING, _E.DEAD}),
+    _E.UNMATCHED: frozenset({_E.QUEUED, _E.PROCESSING, _E.DEAD}),
+    _E.PROCESSED: frozenset({_E.QUEUED, _E.PROCESSING}),  # forced replay only
+    _E.DEAD: frozenset({_E.QUEUED, _E.PROCESSING}),  # replay by a person
+    _E.IGNORED: frozenset(),
+}
+
+
 class EventKind(models.TextChoices):
     CHARGE = "charge"
     REFUND = "refund"

@@ -17,7 +17,7 @@ from django.utils import timezone
 from payment.conf import app_settings
 
 from . import metrics
-from .models import EventStatus, WebhookEvent
+from .models import EVENT_UNFINISHED, EventStatus, WebhookEvent
 
 logger = logging.getLogger("payment.queueing")
 
@@ -118,8 +118,8 @@ class _BrokerCircuit:
 circuit = _BrokerCircuit()
 os.register_at_fork(after_in_child=circuit.after_fork)
 
-SWEEPABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.FAILED,
-             EventStatus.UNMATCHED)
+# The sweep may move back to `queued` only what is unfinished (never a worker's `processed`).
+SWEEPABLE = EVENT_UNFINISHED
 
 
 def sweep_due(now: datetime) -> Q:

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from payment.conf import app_settings
 
-from . import forms, links, selectors, services
+from . import forms, health, links, selectors, services
 from .gateways.base import GatewayError
 from .gateways.registry import UnknownGatewayError, gateway_get
 from .models import Payment, TransitionSource
@@ -144,7 +144,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: can we take webhooks safely? The database is required; a queue must take work."""
-    parts = selectors.readiness()
+    parts = health.readiness()
     ready = parts["database"]["ok"] and (parts["broker"]["ok"] or parts["django_q"]["ok"])
     return JsonResponse({"status": "ready" if ready else "unavailable", "parts": parts},
                         status=200 if ready else 503)
@@ -163,7 +163,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not allowed:
         return HttpResponse("metrics need a token or a staff session\n", status=401, content_type="text/plain")
     try:
-        selectors.backlog_gauges_update()
+        health.backlog_gauges_update()
     except DatabaseError:
         connection.close()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -8,7 +8,7 @@ process webhooks); `alerts`, `reconciliation` (the periodic safety net). Call si
 from .alerts import gateway_silence_alerts
 from .errors import PaymentCreateError, RefundNotAllowedError, SignatureError, SourceNotAllowedError
 from .events import event_mark_dead, event_schedule_retry
-from .inbox import EVENT_HANDLERS, event_requeue, events_prune, webhook_event_process
+from .inbox import EVENT_HANDLERS, event_replay, event_requeue, events_prune, webhook_event_process
 from .ingest import ReceiveResult, webhook_receive
 from .payments import payment_create, payment_review_resolve
 from .reconciliation import pending_payments_check
@@ -27,7 +27,7 @@ from .verification import payment_verify
 __all__ = [
     "ALLOWED_TRANSITIONS", "EVENT_HANDLERS", "OPEN_STATUSES", "PaymentCreateError", "ReceiveResult",
     "RefundNotAllowedError", "SignatureError", "SourceNotAllowedError", "backoff_seconds", "event_mark_dead",
-    "event_requeue", "event_schedule_retry", "events_prune", "gateway_silence_alerts", "heartbeat",
+    "event_replay", "event_requeue", "event_schedule_retry", "events_prune", "gateway_silence_alerts", "heartbeat",
     "lease_acquire", "lease_release", "payment_create", "payment_review_resolve", "payment_transition",
     "payment_verify", "pending_payments_check", "refund_mark_unknown", "refund_poll", "refund_request",
     "refund_settle", "refund_submit", "refundable_amount", "transition_hooks_run", "webhook_event_process",

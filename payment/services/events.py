@@ -14,6 +14,8 @@ from payment.conf import app_settings
 
 from .. import metrics
 from ..models import (
+    EVENT_FINISHED,
+    EVENT_HANDLED,
     EventStatus,
     NotificationKind,
     Payment,
@@ -29,7 +31,7 @@ def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: 
     now = timezone.now()
     fields: dict[str, Any] = {"status": status, "last_error": error[:2000], "updated_at": now,
                               "next_attempt_at": None}
-    if status in (EventStatus.PROCESSED, EventStatus.IGNORED):
+    if status in EVENT_HANDLED:
         fields["processed_at"] = now
     if payment is not None:
         fields["payment"] = payment
@@ -66,7 +68,7 @@ def event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str
 
 def event_schedule_retry(event_id: int, at: Any) -> None:
     WebhookEvent.objects.filter(pk=event_id).exclude(
-        status__in=[EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD]
+        status__in=EVENT_FINISHED
     ).update(status=EventStatus.FAILED, next_attempt_at=at, updated_at=timezone.now())
 
 
@@ -74,7 +76,7 @@ def event_mark_dead(event_id: int, error: str) -> None:
     """Retries exhausted or a permanent failure: a person must look. Logged at error, staff notified."""
     with transaction.atomic():
         updated = WebhookEvent.objects.filter(pk=event_id).exclude(
-            status__in=[EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD]
+            status__in=EVENT_FINISHED
         ).update(status=EventStatus.DEAD, last_error=error[:2000], updated_at=timezone.now(),
                  next_attempt_at=None)
         if not updated:

@@ -13,9 +13,12 @@ from django.utils import timezone
 
 from payment.conf import app_settings
 
-from .. import metrics
+from .. import metrics, queueing
 from ..gateways import base
 from ..models import (
+    EVENT_CLAIMABLE,
+    EVENT_HANDLED,
+    EVENT_REPLAYABLE,
     EventKind,
     EventStatus,
     WebhookEvent,
@@ -28,7 +31,6 @@ from .verification import charge_event_apply
 logger = logging.getLogger("payment.services")
 
 
-_CLAIMABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.UNMATCHED)
 
 
 def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim: str = "",
@@ -41,7 +43,7 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
     the database allows it); the caller owns the retry policy and hands `claim` to its retry as `retake`.
     """
     claim = claim or uuid.uuid4().hex
-    statuses = [*_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else _CLAIMABLE
+    statuses = [*EVENT_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else list(EVENT_CLAIMABLE)
     # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
     # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
     # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
@@ -95,14 +97,12 @@ EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {
 }
 
 
-_REPLAYABLE = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.FAILED, EventStatus.DEAD,
-               EventStatus.UNMATCHED)
 
 
 def event_requeue(event_id: int, *, force: bool = False) -> bool:
     """Make an event eligible for processing again (replay). A processed event only with force: even then
     the payment state machine decides, so a replay can never move a payment backwards or notify twice."""
-    statuses = [*_REPLAYABLE, EventStatus.PROCESSED] if force else list(_REPLAYABLE)
+    statuses = [*EVENT_REPLAYABLE, EventStatus.PROCESSED] if force else list(EVENT_REPLAYABLE)
     updated = WebhookEvent.objects.filter(pk=event_id, status__in=statuses).exclude(kind=EventKind.OTHER).update(
         status=EventStatus.QUEUED, next_attempt_at=None, updated_at=timezone.now())
     if updated:
@@ -117,7 +117,7 @@ def events_prune(*, older_than_days: int, dry_run: bool = False, batch_size: int
     is the only replay defence, and it must outlive the payload (docs/gateway-facts.md, Paystack).
     """
     cutoff = timezone.now() - timedelta(days=older_than_days)
-    candidates = WebhookEvent.objects.filter(status__in=[EventStatus.PROCESSED, EventStatus.IGNORED],
+    candidates = WebhookEvent.objects.filter(status__in=EVENT_HANDLED,
                                              received_at__lt=cutoff, pruned_at__isnull=True)
     if dry_run:
         return candidates.count()
@@ -127,3 +127,20 @@ def events_prune(*, older_than_days: int, dry_run: bool = False, batch_size: int
             body=b"", headers={}, pruned_at=timezone.now())
     logger.info("webhook bodies pruned", extra={"count": pruned, "older_than_days": older_than_days})
     return pruned
+
+
+def event_replay(event_id: int, *, force: bool = False, inline: bool = False) -> str:
+    """Send one stored event through processing again: "replayed", "skipped" (finished, no force) or "failed"
+    (inline, a transient gateway error: left `failed` for the sweep). The admin and `payment_replay` both use
+    it; the payment state machine holds either way, so a replay never moves a payment back or notifies twice.
+    """
+    if not event_requeue(event_id, force=force):
+        return "skipped"
+    if not inline:
+        queueing.event_dispatch(event_id, path="replay")
+        return "replayed"
+    try:
+        webhook_event_process(event_id, via="replay")
+    except base.TransientGatewayError:
+        return "failed"
+    return "replayed"

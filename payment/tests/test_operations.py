@@ -251,7 +251,7 @@ def test_healthz_and_readyz(client: Client, settings: Any) -> None:
         assert down.status_code == 503 and down.json()["parts"]["broker"]["ok"] is False
         services.heartbeat("django_q")  # the fallback queue is alive: webhooks are safe again
         assert client.get("/readyz").status_code == 200
-        with mock.patch("payment.selectors.connection.cursor", side_effect=OperationalError("down")):
+        with mock.patch("payment.health.connection.cursor", side_effect=OperationalError("down")):
             no_db = client.get("/readyz")
         assert no_db.status_code == 503 and no_db.json()["parts"]["database"]["ok"] is False
     finally:

@@ -22,7 +22,7 @@ from django.test import Client
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from payment import queueing, selectors, services
+from payment import health, queueing, services
 from payment.conf import app_settings
 from payment.models import EventStatus, WebhookEvent
 from payshift import settings as settings_module
@@ -302,7 +302,7 @@ def test_hung_redis_with_result_backend_costs_one_publish_timeout_then_nothing(
         assert OrmQ.objects.count() == 4
         queueing.circuit.reset()
         started = time.monotonic()
-        assert selectors._broker_state()["ok"] is False
+        assert health._broker_state()["ok"] is False
         assert time.monotonic() - started < app_settings.PAYSHIFT_BROKER_PUBLISH_TIMEOUT + 0.5
     finally:
         server.kill()

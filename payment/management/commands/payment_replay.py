@@ -10,12 +10,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from payment import queueing, services
-from payment.gateways.base import TransientGatewayError
-from payment.models import EventKind, EventStatus, WebhookEvent
+from payment import services
+from payment.models import EVENT_REPLAYABLE, EventKind, EventStatus, WebhookEvent
 
-REPLAYABLE = [EventStatus.FAILED, EventStatus.DEAD, EventStatus.UNMATCHED, EventStatus.RECEIVED,
-              EventStatus.QUEUED, EventStatus.PROCESSED]
+# What --status may select: what a person may requeue, and processed events (replayed only with --force).
+REPLAYABLE = sorted({*EVENT_REPLAYABLE, EventStatus.PROCESSED})
 
 
 def _when(value: str) -> datetime:
@@ -69,22 +68,15 @@ class Command(BaseCommand):
                 self.stdout.write(f"would replay #{pk} {status} {reference}{note}")
             self.stdout.write(f"{len(selected)} event(s) selected (dry run: nothing changed)")
             return
-        replayed = skipped = failed = 0
+        tally = {"replayed": 0, "skipped": 0, "failed": 0}
         for index, (pk, _status, _reference) in enumerate(selected, start=1):
-            if not services.event_requeue(pk, force=opts["force"]):
-                skipped += 1
-            elif opts["inline"]:
-                try:
-                    services.webhook_event_process(pk, via="replay")
-                    replayed += 1
-                except TransientGatewayError as exc:
-                    failed += 1
-                    self.stderr.write(f"#{pk}: {exc} (left as failed; the sweep retries it)")
-            else:
-                queueing.event_dispatch(pk, path="replay")
-                replayed += 1
+            outcome = services.event_replay(pk, force=opts["force"], inline=opts["inline"])
+            tally[outcome] += 1
+            if outcome == "failed":
+                self.stderr.write(f"#{pk}: transient gateway error (left as failed; the sweep retries it)")
             self._progress(index, len(selected))
-        self.stdout.write(f"replayed {replayed}, skipped {skipped} (already processed; use --force), failed {failed}")
+        self.stdout.write(f"replayed {tally['replayed']}, skipped {tally['skipped']} (already processed; use --force), "
+                          f"failed {tally['failed']}")
 
     def _progress(self, done: int, total: int) -> None:
         width = 30
