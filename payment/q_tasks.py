@@ -7,20 +7,19 @@ import time
 import uuid
 from datetime import timedelta
 
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from payment.conf import app_settings
 
-from . import queueing, services
+from . import queueing, retries, services
 from .gateways.base import TransientGatewayError
 from .models import Heartbeat
+from .retries import DB_ERRORS
 
 logger = logging.getLogger("payment.q_tasks")
 
-# The Celery task's database policy (payment/tasks.py); an in-process wait stays far below Q_CLUSTER timeout.
-DB_ERRORS = (OperationalError, InterfaceError)
-DB_RETRIES = 10
+# An in-process wait (the database refused even the retry's schedule) stays far below Q_CLUSTER's timeout.
 IN_PROCESS_WAIT_MAX_SECONDS = 5.0
 
 
@@ -35,13 +34,12 @@ def process_payment_webhook_q(event_id: int, attempt: int = 0, retake: str = "",
     except DB_ERRORS as exc:
         return _database_retry(event_id, attempt=attempt, retake=claim, db_attempt=db_attempt, error=exc)
     except TransientGatewayError as exc:
-        if attempt >= app_settings.PAYSHIFT_Q_MAX_RETRIES:
+        decision = retries.django_q_gateway_retry(attempt)
+        if decision.action == "give_up":
             services.event_mark_dead(event_id, f"retries exhausted (celery and django q): {exc}")
             return "dead"
-        delay = services.backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
-                                         max_seconds=app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
-        services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=delay))
-        queueing.event_hand_to_django_q(event_id, attempt=attempt + 1, delay_seconds=delay)
+        services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=decision.delay))
+        queueing.event_hand_to_django_q(event_id, attempt=attempt + 1, delay_seconds=decision.delay)
         return "retry_scheduled"
 
 
@@ -49,11 +47,12 @@ def _database_retry(event_id: int, *, attempt: int, retake: str, db_attempt: int
     """The Celery task's policy for a database that went away: retry with backoff, holding on to the claim,
     and never drop the event. Normally a Schedule row carries the retry; when the database refuses that
     too, this worker waits (briefly: the cluster cannot take work without its ORM broker anyway)."""
-    if db_attempt >= DB_RETRIES:
+    decision = retries.database_retry(db_attempt)
+    if decision.action == "give_up":
         logger.error("database retries exhausted; the sweep will retry",
                      extra={"event_id": event_id, "error": f"{type(error).__name__}: {error}"})
         return "left_for_sweep"
-    delay = services.backoff_seconds(min(db_attempt, 5), base_seconds=1.0, max_seconds=30.0)
+    delay = decision.delay
     if not connection.in_atomic_block:
         close_old_connections()  # drop the connection the error broke; the next query opens a new one
     if queueing.event_hand_to_django_q(event_id, attempt=attempt, delay_seconds=delay, retake=retake,

@@ -14,7 +14,7 @@ from django.db import OperationalError, close_old_connections, connection
 from django.test import Client
 from django_q.models import Schedule
 
-from payment import q_tasks, services, tasks
+from payment import q_tasks, retries, services, tasks
 from payment.models import EventStatus, Payment, PaymentStatus, WebhookEvent
 
 from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
@@ -201,6 +201,6 @@ def test_django_q_retries_in_process_when_the_database_refuses_the_schedule_too(
 def test_django_q_gives_up_to_the_sweep_after_the_database_retries(client: Client) -> None:
     event = _event(client, "CLAIM-Q-3")
     with mock.patch.dict(services.EVENT_HANDLERS, {"charge": _fail}):
-        assert q_tasks.process_payment_webhook_q(event.pk, 0, "", q_tasks.DB_RETRIES) == "left_for_sweep"
+        assert q_tasks.process_payment_webhook_q(event.pk, 0, "", retries.DB_RETRIES) == "left_for_sweep"
     row = _row(event)
     assert row.status == EventStatus.FAILED  # not dead: the sweep dispatches it again
