@@ -10,10 +10,7 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-# A `.env` file is optional; real deployments set the environment directly.
-_env_file = env.str("PAYSHIFT_ENV_FILE", default=str(BASE_DIR / ".env"))
-if Path(_env_file).is_file():
-    environ.Env.read_env(_env_file)
+# Never a `.env` here: manage.py reads it (tests, gunicorn and Celery see only their real environment).
 
 VAR_DIR = Path(env.str("PAYSHIFT_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
