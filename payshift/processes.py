@@ -33,10 +33,10 @@ _MANAGE_INLINE = ("import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE
                   "execute_from_command_line(['manage.py', *sys.argv[1:]])")
 
 
-def manage_command(python: str = sys.executable) -> list[str]:
+def manage_command(python: str = sys.executable, checkout: Path | None = CHECKOUT) -> list[str]:
     """`python manage.py` (the public contract) from a checkout; the same program from an installed package."""
-    if CHECKOUT is not None:
-        return [python, str(CHECKOUT / "manage.py")]
+    if checkout is not None:
+        return [python, str(checkout / "manage.py")]
     return [python, "-c", _MANAGE_INLINE]
 
 
@@ -47,6 +47,7 @@ class Topology:
     web_port: int
     sandbox_port: int
     python: str = sys.executable
+    checkout: Path | None = CHECKOUT  # whose manage.py runs the Q cluster (the chaos run: its code snapshot)
     web_workers: int = 2
     web_threads: int = 4
     web_args: tuple[str, ...] = ()
@@ -106,7 +107,7 @@ def _beat(t: Topology) -> dict[str, list[str]]:
 
 
 def _qcluster(t: Topology) -> dict[str, list[str]]:
-    return {"qcluster": [*manage_command(t.python), "qcluster"]} if t.qcluster else {}
+    return {"qcluster": [*manage_command(t.python, t.checkout), "qcluster"]} if t.qcluster else {}
 
 
 # The one list of what Payshift runs. Each entry gives zero or more (name, argv) for a topology.
