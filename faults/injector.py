@@ -151,8 +151,8 @@ class Injector:
             if not active:
                 time.sleep(0.3)
         record = FaultRecord(f"SIGKILL Celery {name}", self.now())
-        # A periodic task (check_pending_payments) has no args; a webhook task has the event id first.
-        events = sorted({str((t.get("args") or ["?"])[0]) for t in active if isinstance(t, dict)})
+        # Periodic tasks run with no args: name them by task instead.
+        events = sorted({str((t.get("args") or [t.get("name", "?")])[0]) for t in active if isinstance(t, dict)})
         record.detail = (f"mid-task: {len(active)} running (events {', '.join(events[:6])})" if active
                          else "no running task seen in 30 s; killed anyway")
         self._say(record)

@@ -27,9 +27,12 @@ LOOPBACK = "127.0.0.1"
 _PARENT = Path(__file__).resolve().parent.parent
 CHECKOUT: Path | None = _PARENT if (_PARENT / "manage.py").is_file() else None
 
-# `manage.py` without a checkout: what it does (the Celery app the cluster publishes with, then Django).
+# `manage.py` without a checkout (and so without its .env): the Celery app the cluster publishes with, the
+# working folders, then the command.
 _MANAGE_INLINE = ("import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'payshift.settings'); "
-                  "import payshift.celery; from django.core.management import execute_from_command_line; "
+                  "import django, payshift.celery; django.setup(); "
+                  "from payshift.paths import var_dir_prepare; var_dir_prepare(); "
+                  "from django.core.management import execute_from_command_line; "
                   "execute_from_command_line(['manage.py', *sys.argv[1:]])")
 
 

@@ -10,7 +10,6 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-# Never a `.env` here: manage.py reads it (tests, gunicorn and Celery see only their real environment).
 
 VAR_DIR = Path(env.str("PAYSHIFT_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
