@@ -85,6 +85,25 @@ def test_scripts_up_then_the_suite_the_demo_env_reaches_manage_py_not_the_test_s
     assert sandbox_url in json.loads(managed.stdout.strip().splitlines()[-1])["PAYSHIFT_SANDBOX_URL"]
 
 
+def test_demo_stack_seeds_its_own_sandbox_whatever_the_shell_says(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PAYSHIFT_SANDBOX_URL left in the environment (an old .env read into it) pointed test_webhook at a
+    sandbox that was not running: the live-stack tests failed after a plain `./scripts/up`."""
+    from payshift import devstack
+
+    monkeypatch.setattr(devstack, "ENV_FILE", tmp_path / ".env")
+    monkeypatch.setenv("PAYSHIFT_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("PAYSHIFT_SANDBOX_URL", "http://127.0.0.1:8100")
+    for name in ("PAYSTACK_SECRET_KEY", "FLUTTERWAVE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    env, demo = devstack.stack_env(18000, 18123)
+    assert demo and env["PAYSHIFT_SANDBOX_URL"] == "http://127.0.0.1:18123"
+    assert "PAYSHIFT_SANDBOX_URL=http://127.0.0.1:18123" in (tmp_path / ".env").read_text()
+    assert env["SANDBOX_PUBLIC_URL"] == "http://127.0.0.1:18123"
+    assert env["SANDBOX_WEBHOOK_BASE_URL"] == "http://127.0.0.1:18000"
+    assert env["SANDBOX_PAYSTACK_SECRET_KEYS"] == env["PAYSTACK_SECRET_KEY"]
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("stack")
