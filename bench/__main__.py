@@ -15,7 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.stack import BENCH, GUNICORN_FLAGS, Ports, Stack
+from bench.stack import BENCH, Ports, Stack
+from payshift.processes import gunicorn_flags
 
 SCENARIOS = ("ingest", "peer", "redis_down", "e2e", "reconcile")
 
@@ -131,7 +132,8 @@ def _run(args: argparse.Namespace, *, only: set[str], stack: Stack, out: Path, s
         "mode": "smoke" if args.smoke else "full", "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
         "python": platform.python_version(), "django": django.get_version(), "postgres": pg_version,
         "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False).stdout.split(
-            "\n")[0].strip(), "gunicorn": GUNICORN_FLAGS, "worker_concurrency": sizes.worker_concurrency,
+            "\n")[0].strip(), "gunicorn": gunicorn_flags(stack.topology),
+        "worker_concurrency": sizes.worker_concurrency,
         "sizes": sizes.__dict__, "command": " ".join(["python -m bench", *(sys.argv[1:])]),
     }}
     if "ingest" in only or "peer" in only:

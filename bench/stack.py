@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-import httpx
 import psycopg
+
+from payshift.processes import (
+    Supervisor,
+    Topology,
+    demo_gateway_environment,
+    gunicorn_flags,
+    manage_command,
+    redis_command,
+    sandbox_environment,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-VENV_BIN = Path(sys.executable).parent
 PEER_VENV = BENCH / ".venv-peer"
 
 
@@ -34,18 +41,18 @@ class Ports:
     redis: int = 18479
 
 
-# Gunicorn exactly as payshift/devstack.py runs the web (gthread, 2 workers x 4 threads), DEBUG off, and
-# no access log for every target alike: the bench measures the application, not gunicorn's log writes.
-GUNICORN_FLAGS = ["--workers", os.environ.get("BENCH_WEB_WORKERS", "2"), "--threads",
-                  os.environ.get("BENCH_WEB_THREADS", "4"), "--worker-class", "gthread", "--graceful-timeout", "5",
-                  "--timeout", "60", "--backlog", "2048"]
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: IO[bytes]
+def bench_topology(ports: Ports) -> Topology:
+    """The web as payshift/processes.py runs it everywhere (gthread, 2 workers x 4 threads), with no access
+    log for every target alike: the bench measures the application, not gunicorn's log writes."""
+    return Topology(
+        web_port=ports.web, sandbox_port=ports.sandbox, web_workers=int(os.environ.get("BENCH_WEB_WORKERS", "2")),
+        web_threads=int(os.environ.get("BENCH_WEB_THREADS", "4")),
+        web_args=("--graceful-timeout", "5", "--timeout", "60", "--backlog", "2048"),
+        # The product's worker command (all queues, no -Q), with the bench app that adds the no-op reference.
+        celery_app="bench.celeryapp", celery_nodes={"worker": f"bench{secrets.token_hex(2)}@%h"},
+        worker_args=("--without-gossip", "--without-mingle"), log_level="warning",
+        # No beat: its periodic check would mix reconciliation into the webhook figures (see migrate()).
+        beat_schedule=None, sandbox_args=("--no-access-log", "--log-level", "warning"))
 
 
 @dataclass
@@ -57,16 +64,14 @@ class Stack:
     db_name: str = "payshift_bench"
     peer_db_name: str = "payshift_bench_peer"
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-    procs: dict[str, Proc] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
-        run_id = secrets.token_hex(4)
-        paystack_key = f"sk_test_bench_{run_id}"
-        flw_hash = f"bench-webhook-hash-{run_id}"
-        sandbox = f"http://127.0.0.1:{self.ports.sandbox}"
+        self.topology = bench_topology(self.ports)
+        sandbox = self.topology.sandbox_url
+        gateways = demo_gateway_environment(sandbox)
         prom = self.workdir / "prometheus"
         shutil.rmtree(prom, ignore_errors=True)
         prom.mkdir()
@@ -83,19 +88,8 @@ class Stack:
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{self.db_name}",
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
             "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/1",
-            "PAYSTACK_SECRET_KEY": paystack_key,
-            "PAYSTACK_PUBLIC_KEY": f"pk_test_bench_{run_id}",
-            "FLUTTERWAVE_SECRET_KEY": f"FLWSECK_TEST-bench{run_id}-X",
-            "FLUTTERWAVE_PUBLIC_KEY": f"FLWPUBK_TEST-bench{run_id}-X",
-            "FLUTTERWAVE_WEBHOOK_HASH": flw_hash,
-            "PAYSTACK_BASE_URL": f"{sandbox}/paystack",
-            "FLUTTERWAVE_BASE_URL": f"{sandbox}/flutterwave/v3",
-            "PAYSHIFT_SANDBOX_URL": sandbox,
-            "SANDBOX_PAYSTACK_SECRET_KEYS": paystack_key,
-            "SANDBOX_FLUTTERWAVE_SECRET_KEYS": f"FLWSECK_TEST-bench{run_id}-X",
-            "SANDBOX_FLUTTERWAVE_WEBHOOK_HASH": flw_hash,
-            "SANDBOX_WEBHOOK_BASE_URL": f"http://127.0.0.1:{self.ports.web}",
-            "SANDBOX_PUBLIC_URL": sandbox,
+            **gateways,
+            **sandbox_environment(gateways, webhook_base_url=self.topology.web_url, public_url=sandbox),
             "PAYSHIFT_VAR_DIR": str(self.workdir / "var"),
             "PAYMENT_LOG_FILE": str(self.workdir / "logs" / "payment.log"),
             # One file shared by many processes: logrotate-style handler, as the settings advise for production.
@@ -106,75 +100,33 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(ROOT),
         }
+        self.supervisor = Supervisor(self.env, cwd=ROOT, log_dir=self.workdir / "logs")
 
-    # --- processes --------------------------------------------------------------------------------------
-    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-              cwd: Path = ROOT) -> Proc:
-        if name in self.procs and self.procs[name].popen.poll() is None:
-            raise RuntimeError(f"{name} is already running")
-        log = (self.workdir / "logs" / f"{name}.log").open("ab")
-        # A session of its own: stopping it (and its children: gunicorn and Celery workers) never signals us.
-        popen = subprocess.Popen(argv, cwd=cwd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        proc = Proc(name, popen, log)
-        self.procs[name] = proc
-        return proc
-
-    def stop(self, name: str, timeout: float = 15.0) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        if proc.popen.poll() is None:
-            # SIGTERM to the main process: gunicorn and Celery then stop their own children warmly.
-            proc.popen.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=timeout)
-        # Whatever is left in its process group (a stuck child) is killed.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=5)
-        proc.log.close()
+    # --- processes (payshift/processes.py) --------------------------------------------------------------
+    def stop(self, name: str) -> None:
+        self.supervisor.stop(name)
 
     def close(self) -> None:
-        for name in reversed(list(self.procs)):
-            with contextlib.suppress(Exception):
-                self.stop(name)
+        self.supervisor.stop_all()
 
     def check_alive(self, *names: str) -> None:
-        for name in names:
-            proc = self.procs.get(name)
-            if proc is None or proc.popen.poll() is not None:
-                tail = (self.workdir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} is not running; the end of its log:\n{tail}")
+        self.supervisor.check_alive(*names)
 
     def pids(self, name: str) -> list[int]:
         """The main pid and its children (gunicorn or Celery workers)."""
-        proc = self.procs.get(name)
-        if proc is None:
-            return []
-        return [proc.popen.pid, *_children(proc.popen.pid)]
+        return self.supervisor.pids(name)
 
-    def wait_http(self, url: str, name: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive(name)
-            try:
-                if httpx.get(url, timeout=2.0).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f}s")
-            time.sleep(0.2)
+    def _start(self, name: str, url: str, *, env: dict[str, str] | None = None,
+               argv: list[str] | None = None) -> None:
+        self.supervisor.start(name, argv or self.topology.commands()[name], env=env)
+        self.supervisor.wait_healthy({name: url}, 60.0, healthy=lambda status: status < 500)
 
     # --- services ---------------------------------------------------------------------------------------
     def start_redis(self) -> None:
         """A private redis-server on its own port: stopping it (scenario 3) never touches the shared Redis."""
         data = self.workdir / "redis"
         data.mkdir(exist_ok=True)
-        self.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(self.ports.redis), "--save", "",
-                             "--appendonly", "no", "--dir", str(data), "--daemonize", "no"])
+        self.supervisor.start("redis", redis_command(self.ports.redis, data))
         deadline = time.monotonic() + 20
         while not self.redis_up():
             self.check_alive("redis")
@@ -191,21 +143,14 @@ class Stack:
             return False
 
     def start_sandbox(self) -> None:
-        self.start("sandbox", [sys.executable, "-m", "payshift.sandbox", "--host", "127.0.0.1", "--port",
-                               str(self.ports.sandbox), "--no-access-log", "--log-level", "warning"])
-        self.wait_http(f"http://127.0.0.1:{self.ports.sandbox}/_sandbox/health", "sandbox")
+        self._start("sandbox", f"{self.topology.sandbox_url}/_sandbox/health")
 
     def start_web(self, **extra_env: str) -> None:
-        self.start("web", [str(VENV_BIN / "gunicorn"), "payshift.wsgi:application", "--bind",
-                           f"127.0.0.1:{self.ports.web}", *GUNICORN_FLAGS],
-                   env={**self.env, **extra_env} if extra_env else None)
-        self.wait_http(f"http://127.0.0.1:{self.ports.web}/healthz", "web")
+        self._start("web", f"{self.topology.web_url}/healthz", env={**self.env, **extra_env} if extra_env else None)
 
     def start_worker(self, concurrency: int) -> None:
-        # The product's worker command (all queues, no -Q), with the bench app that adds the no-op reference.
-        self.start("worker", [str(VENV_BIN / "celery"), "-A", "bench.celeryapp", "worker", "-l", "warning",
-                              "--concurrency", str(concurrency), "-n", f"bench{secrets.token_hex(2)}@%h",
-                              "--without-gossip", "--without-mingle"])
+        argv = dataclasses.replace(self.topology, celery_concurrency=concurrency).commands()["worker"]
+        self.supervisor.start("worker", argv)
         deadline = time.monotonic() + 120  # a busy shared machine can take long to fork and import
         from bench.celeryapp import app
 
@@ -219,7 +164,7 @@ class Stack:
 
     def start_qcluster(self) -> None:
         """The Django Q cluster (the fallback queue), as `python manage.py qcluster` runs it in production."""
-        self.start("qcluster", [sys.executable, "manage.py", "qcluster"])
+        self.supervisor.start("qcluster", self.topology.commands()["qcluster"])
         time.sleep(1.0)
         self.check_alive("qcluster")
 
@@ -238,7 +183,7 @@ class Stack:
     def migrate(self) -> None:
         # --skip-checks: payshift.E002 refuses a local sandbox as the gateway in production, which is the
         # one deliberate difference from production here (the network is loopback only).
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "--skip-checks", "-v", "0"], cwd=ROOT,
+        subprocess.run([*manage_command(), "migrate", "--noinput", "--skip-checks", "-v", "0"], cwd=ROOT,
                        env=self.env, check=True)
         # Beat is not run (its periodic check would mix reconciliation into the webhook figures), so the
         # Django Q stand-in schedule that wakes when beat is silent is removed from the bench database.
@@ -270,9 +215,10 @@ class Stack:
         env = self.peer_env()
         subprocess.run([str(PEER_VENV / "bin" / "django-admin"), "migrate", "--noinput", "-v", "0"], cwd=ROOT,
                        env=env, check=True)
-        self.start("peer", [str(PEER_VENV / "bin" / "gunicorn"), "bench.peer.wsgi:application", "--bind",
-                            f"127.0.0.1:{self.ports.peer}", *GUNICORN_FLAGS], env=env)
-        self.wait_http(f"http://127.0.0.1:{self.ports.peer}/paystack/webhook/", "peer")
+        # The same gunicorn shape as the Payshift web, from the peer's own virtualenv.
+        self._start("peer", f"http://127.0.0.1:{self.ports.peer}/paystack/webhook/", env=env,
+                    argv=[str(PEER_VENV / "bin" / "gunicorn"), "bench.peer.wsgi:application", "--bind",
+                          f"127.0.0.1:{self.ports.peer}", *gunicorn_flags(self.topology)])
 
 
 def machine_busy_seconds() -> float:
@@ -333,22 +279,6 @@ def _children_cpu() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _children(pid: int) -> list[int]:
-    """Direct and indirect children, from /proc (Linux)."""
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        path = Path(f"/proc/{parent}/task/{parent}/children")
-        try:
-            kids = [int(x) for x in path.read_text().split()]
-        except (OSError, ValueError):
-            kids = []
-        found.extend(kids)
-        frontier.extend(kids)
-    return found
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

@@ -30,13 +30,14 @@ from typing import Any
 
 import httpx
 
+from payshift.processes import Supervisor, Topology, demo_gateway_environment, manage_command, sandbox_environment
+
 from . import scenarios, verify
-from .cluster import PrivatePostgres, PrivateRedis, Supervisor, free_port, remove_tree, wait_until
+from .cluster import PrivatePostgres, PrivateRedis, free_port, wait_until
 from .driver import Driver
 from .injector import Injector, Plan
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,10 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stack_env(run: Path, pg: PrivatePostgres, redis: PrivateRedis, web: int, sandbox: int) -> dict[str, str]:
-    """One environment for every process. Secrets are random per run so the log scan can look for them."""
-    tag = secrets.token_hex(8)
-    sandbox_url = f"http://127.0.0.1:{sandbox}"
+def stack_env(run: Path, pg: PrivatePostgres, redis: PrivateRedis, topology: Topology) -> dict[str, str]:
+    """One environment for every process: the gateways' demo keys (the log scan looks for them) and
+    short cycles so the safety nets act within the run (payshift/settings.py documents each one)."""
+    gateways = demo_gateway_environment(topology.sandbox_url)
     values = {
         "DATABASE_URL": pg.url,
         "CELERY_BROKER_URL": redis.url,
@@ -69,15 +70,10 @@ def stack_env(run: Path, pg: PrivatePostgres, redis: PrivateRedis, web: int, san
         "PAYMENT_LOG_MAX_BYTES": "0",  # several processes share the file: no in-process rotation
         "DJANGO_SECRET_KEY": f"chaos-django-{secrets.token_hex(16)}",
         "PAYSHIFT_METRICS_TOKEN": f"chaos-metrics-{secrets.token_hex(12)}",
-        "PAYSTACK_SECRET_KEY": f"sk_test_chaos_{tag}",
-        "FLUTTERWAVE_SECRET_KEY": f"FLWSECK_TEST-chaos{tag}-X",
-        "FLUTTERWAVE_WEBHOOK_HASH": f"chaos-hash-{secrets.token_hex(12)}",
-        "PAYSTACK_BASE_URL": f"{sandbox_url}/paystack",
-        "FLUTTERWAVE_BASE_URL": f"{sandbox_url}/flutterwave/v3",
+        **gateways,
         "DJANGO_EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
         "PROMETHEUS_MULTIPROC_DIR": str(run / "prometheus"),
         "PYTHONUNBUFFERED": "1",
-        # Short cycles so the safety nets act within the run (payshift/settings.py documents each one).
         "PAYSHIFT_RECONCILE_INTERVAL_SECONDS": "10",
         "PAYSHIFT_SWEEP_AFTER_SECONDS": "20",
         "PAYSHIFT_PROCESSING_STUCK_SECONDS": "45",
@@ -91,12 +87,9 @@ def stack_env(run: Path, pg: PrivatePostgres, redis: PrivateRedis, web: int, san
         "PAYSHIFT_HTTP_READ_TIMEOUT": "5",
         "Q_CLUSTER_POLL": "0.2",
         "Q_CLUSTER_WORKERS": "2",
-        "SANDBOX_WEBHOOK_BASE_URL": "http://127.0.0.1:9",  # the driver is the only webhook sender
-        "SANDBOX_PUBLIC_URL": sandbox_url,
+        # The driver is the only webhook sender: the sandbox's own deliveries go nowhere.
+        **sandbox_environment(gateways, webhook_base_url="http://127.0.0.1:9", public_url=topology.sandbox_url),
     }
-    values["SANDBOX_PAYSTACK_SECRET_KEYS"] = values["PAYSTACK_SECRET_KEY"]
-    values["SANDBOX_FLUTTERWAVE_SECRET_KEYS"] = values["FLUTTERWAVE_SECRET_KEY"]
-    values["SANDBOX_FLUTTERWAVE_WEBHOOK_HASH"] = values["FLUTTERWAVE_WEBHOOK_HASH"]
     inherited = {k: v for k, v in os.environ.items()
                  if not k.startswith(("PAYSHIFT_", "PAYSTACK_", "FLUTTERWAVE_", "SANDBOX_", "CELERY_", "DJANGO_"))
                  and k not in ("DATABASE_URL", "PAYMENT_LOG_FILE", "PROMETHEUS_MULTIPROC_DIR")}
@@ -113,19 +106,29 @@ class Run:
         (self.dir / "var").mkdir()
         (self.dir / "prometheus").mkdir()
         self.pg = PrivatePostgres(self.dir, free_port())
-        self.redis = PrivateRedis(self.dir, free_port(start=self.pg.port + 1))
-        self.web_port = free_port(start=max(self.pg.port, self.redis.port) + 1)
-        self.sandbox_port = free_port(start=max(self.pg.port, self.redis.port, self.web_port) + 1)
-        # Every process runs a snapshot of the code taken now: edits made in the tree while the run goes on
-        # (other people work there) cannot mix two versions of the models and the database schema.
+        redis_port = free_port(start=self.pg.port + 1)
+        self.web_port = free_port(start=max(self.pg.port, redis_port) + 1)
+        self.sandbox_port = free_port(start=max(self.pg.port, redis_port, self.web_port) + 1)
+        # Every process of the stack runs a snapshot of the code taken now: edits made in the tree while the
+        # run goes on (other people work there) cannot mix two versions of the models and the database
+        # schema. (This process, the judge, imports the tree's models once, when the stack starts.)
         self.src = self.dir / "src"
         for name in ("payment", "payshift"):
             shutil.copytree(ROOT / name, self.src / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
         shutil.copy2(ROOT / "manage.py", self.src / "manage.py")
-        self.env = stack_env(self.dir, self.pg, self.redis, self.web_port, self.sandbox_port)
-        self.env["PYTHONPATH"] = str(self.src)
-        self.supervisor = Supervisor(self.src, self.dir / "logs", self.started)
         self.workers = ["w1@chaos", "w2@chaos"]
+        self.topology = Topology(
+            web_port=self.web_port, sandbox_port=self.sandbox_port, checkout=self.src,
+            web_args=("--timeout", "60", "--graceful-timeout", "10"),
+            celery_nodes={name: name for name in self.workers}, celery_concurrency=args.celery_concurrency,
+            beat_schedule=self.dir / "var" / "celerybeat-schedule",
+            sandbox_args=("--seed", str(args.seed), "--no-access-log", "--log-level", "warning",
+                          "--webhook-tries", "1"))
+        self.supervisor = Supervisor({}, cwd=self.src, log_dir=self.dir / "logs")
+        self.redis = PrivateRedis(self.dir, redis_port, self.supervisor)
+        self.env = stack_env(self.dir, self.pg, self.redis, self.topology)
+        self.env["PYTHONPATH"] = str(self.src)
+        self.supervisor.env = self.env
 
     def t(self) -> float:
         return time.monotonic() - self.started
@@ -151,31 +154,20 @@ class Run:
         os.environ.clear()
         os.environ.update(self.env)
         os.environ["DJANGO_SETTINGS_MODULE"] = "payshift.settings"
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=self.src, env=self.env,
-                       check=True)
-        sys.path.insert(0, str(self.src))  # this process reads the database through the same snapshot
+        subprocess.run([*manage_command(sys.executable, self.src), "migrate", "--noinput", "-v", "0"],
+                       cwd=self.src, env=self.env, check=True)
         import django
 
         django.setup()
 
     def stack_up(self) -> None:
-        py, s = sys.executable, self.supervisor
-        s.start("sandbox", [py, "-m", "payshift.sandbox", "--host", "127.0.0.1", "--port", str(self.sandbox_port),
-                            "--seed", str(self.args.seed), "--no-access-log", "--log-level", "warning",
-                            "--webhook-tries", "1"], self.env)
-        s.start("web", [str(BIN / "gunicorn"), "payshift.wsgi:application", "--bind", f"127.0.0.1:{self.web_port}",
-                        "--workers", "2", "--threads", "4", "--worker-class", "gthread", "--timeout", "60",
-                        "--graceful-timeout", "10"], self.env)
-        for name in self.workers:
-            s.start(name, [str(BIN / "celery"), "-A", "payshift", "worker", "-l", "info",
-                                         "--concurrency", str(self.args.celery_concurrency), "-n", name], self.env)
-        s.start("beat", [str(BIN / "celery"), "-A", "payshift", "beat", "-l", "info",
-                         "-s", str(self.dir / "var" / "celerybeat-schedule")], self.env)
-        s.start("qcluster", [py, "manage.py", "qcluster"], self.env)
-        wait_until(lambda: _get(f"{self.web}/healthz") == 200, 60, "gunicorn")
-        wait_until(lambda: _get(f"{self.sandbox}/_sandbox/health") == 200, 60, "the sandbox")
+        for name, command in self.topology.commands().items():
+            self.supervisor.start(name, command)
+        self.supervisor.wait_healthy({"web": f"{self.web}/healthz", "sandbox": f"{self.sandbox}/_sandbox/health"},
+                                     60)
         wait_until(lambda: all(self.active_tasks(w) is not None for w in self.workers), 90, "both Celery workers")
-        s.watch()
+        # Never gives up: a worker that exits when Redis goes away comes back as often as it takes.
+        self.supervisor.watch(limit=None)
         self.say("stack up: sandbox, gunicorn (2x4), 2 Celery workers, beat, Django Q cluster")
 
     def active_tasks(self, worker: str) -> list[Any] | None:
@@ -208,6 +200,8 @@ class Run:
             await asyncio.gather(*(one(c) for c in cases))
 
     def create_rows(self, cases: list[scenarios.Case]) -> None:
+        from django.utils import timezone
+
         from payment.models import Payment, Refund
 
         rows = [self._payment(c) for c in cases if c.payment_row != "late"]
@@ -215,10 +209,10 @@ class Run:
         by_ref = dict(Payment.objects.filter(reference__in=[c.reference for c in cases if c.payment_row ==
                                                             "settled"]).values_list("reference", "pk"))
         Refund.objects.bulk_create([
-            # A refund we asked for and the gateway accepted: its webhooks close it.
+            # A refund we sent and the gateway accepted (so submitted_at is set): its webhooks close it.
             Refund(payment_id=by_ref[c.reference], amount=c.refund_amount, currency=c.currency,
                    status="processing", idempotency_key=f"chaos:{c.reference}", requested_by="chaos",
-                   reason="chaos run")
+                   reason="chaos run", submitted_at=timezone.now())
             for c in cases if c.payment_row == "settled"], batch_size=1000)
 
     @staticmethod
@@ -421,8 +415,8 @@ class Run:
             end = "end of run" if r.end < 0 else f"{r.end:.1f}s"
             print(f"  t={r.start:6.1f}s .. {end:>10}  {r.name}  {r.detail}")
         for name, proc in self.supervisor.procs.items():
-            if proc.restarts:
-                print(f"  unexpected exits of {name}: {proc.restarts} (restarted by the supervisor)")
+            if proc.exits:
+                print(f"  unexpected exits of {name}: {proc.exits} (restarted by the supervisor)")
         print("events by dispatch path:", v.dispatched_via, " attempts per event:", v.event_attempts)
         for error in injector.errors:
             print("  fault script error:", error)
@@ -441,7 +435,7 @@ class Run:
         if keep:
             print(f"run folder kept: {self.dir}", flush=True)
         else:
-            remove_tree(self.dir)
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _get(url: str, token: str = "") -> int:

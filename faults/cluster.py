@@ -1,19 +1,16 @@
-"""Private PostgreSQL and Redis instances plus a supervisor for the app processes, all on loopback."""
+"""Private PostgreSQL and Redis instances on loopback (the app processes run under payshift/processes.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
-import shutil
-import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from payshift.processes import Supervisor, redis_command
 
 PG_BIN = Path(os.environ.get("PAYSHIFT_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -102,12 +99,13 @@ class PrivatePostgres:
 
 
 class PrivateRedis:
-    """redis-server on a free port without persistence: a stop loses every queued message, on purpose."""
+    """redis-server on a free port without persistence, under the run's supervisor: a stop loses every
+    queued message, on purpose."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, supervisor: Supervisor) -> None:
         self.dir = root / "redis"
         self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.supervisor = supervisor
 
     @property
     def url(self) -> str:
@@ -118,119 +116,8 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 (lives as long as the server)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.supervisor.start("redis", redis_command(self.port, self.dir))
         wait_until(lambda: port_open(self.port), 20, "redis")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    popen: subprocess.Popen[bytes] | None = None
-    held_down: bool = False  # stopped on purpose by the fault script: the supervisor leaves it alone
-    restarts: list[tuple[float, int | None]] = field(default_factory=list)
-
-
-class Supervisor:
-    """Starts the app processes in their own sessions and restarts unexpected exits, like systemd would."""
-
-    def __init__(self, cwd: Path, logs: Path, started: float) -> None:
-        self.cwd = cwd
-        self.logs = logs
-        self.started = started
-        self.procs: dict[str, Proc] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        with self._lock:
-            proc = self.procs.get(name) or Proc(name, argv, env)
-            self.procs[name] = proc
-            log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
-            proc.popen = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-            log.close()
-            proc.held_down = False
-            return proc
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group (a Celery worker's pool children die with it), and hold it down."""
-        with self._lock:
-            proc = self.procs[name]
-            proc.held_down = True
-            popen = proc.popen
-        if popen is not None and popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=30)
-
-    def restart(self, name: str) -> None:
-        proc = self.procs[name]
-        self.start(name, proc.argv, proc.env)
-
-    def pids(self, name: str) -> list[int]:
-        """The process and its children (Celery's pool), read from /proc."""
-        popen = self.procs[name].popen
-        if popen is None or popen.poll() is not None:
-            return []
-        found = [popen.pid]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == popen.pid:
-                        found.append(int(entry.name))
-        return found
-
-    def watch(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(1.0):
-            for name, proc in list(self.procs.items()):
-                popen = proc.popen
-                if proc.held_down or popen is None or popen.poll() is None:
-                    continue
-                proc.restarts.append((time.monotonic() - self.started, popen.returncode))
-                print(f"  ! {name} exited unexpectedly (code {popen.returncode}); restarting it", flush=True)
-                self.restart(name)
-
-    def stop_all(self) -> None:
-        self._stop.set()
-        for proc in self.procs.values():
-            proc.held_down = True
-            if proc.popen is not None and proc.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            if proc.popen is None:
-                continue
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.popen.wait(timeout=5)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+        self.supervisor.stop("redis", timeout=10)

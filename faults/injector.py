@@ -10,7 +10,9 @@ from typing import Any
 
 import httpx
 
-from .cluster import PrivatePostgres, PrivateRedis, Supervisor
+from payshift.processes import Supervisor
+
+from .cluster import PrivatePostgres, PrivateRedis
 
 # The gateway's weather for the whole run: 10 % 5xx, some jitter, and a rare hang longer than our read timeout.
 BASELINE_FAULTS: dict[str, Any] = {"error_rate": 0.10, "error_status": 503, "latency_ms": 0,

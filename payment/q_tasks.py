@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import uuid
 from datetime import timedelta
@@ -75,6 +77,18 @@ def process_refund_q(refund_id: int) -> str:
         return "left_for_sweep"  # the periodic check re-dispatches pending refunds
 
 
+def _cluster_age() -> timedelta:
+    """How long ago the cluster this worker belongs to first ran the fallback schedule. A cluster's workers
+    are children of one sentinel process that outlives worker recycling, so host and parent pid name it."""
+    now = timezone.now()
+    name = f"django_q_up:{socket.gethostname()[:40]}:{os.getppid()}"
+    row, created = Heartbeat.objects.get_or_create(name=name, defaults={"at": now})
+    if created:  # one row per cluster start: forget those of clusters long gone
+        Heartbeat.objects.filter(name__startswith="django_q_up:", at__lt=now - timedelta(days=7)).exclude(
+            name=name).delete()
+    return now - row.at
+
+
 def check_pending_payments_q() -> dict[str, int] | str:
     """Fallback schedule: runs the periodic check only when Celery beat has been silent for a while."""
     services.heartbeat("django_q")  # /readyz reads this to know the cluster is alive
@@ -82,5 +96,9 @@ def check_pending_payments_q() -> dict[str, int] | str:
     quiet_for = 3 * app_settings.PAYSHIFT_RECONCILE_INTERVAL_SECONDS
     if beat is not None and beat.at > timezone.now() - timedelta(seconds=quiet_for):
         return "beat_is_alive"
+    # Silent since the later of beat's last run and this cluster's start: a fresh stack runs this schedule
+    # before beat's first tick (one interval after beat starts), which is no silence.
+    if _cluster_age() < timedelta(seconds=quiet_for):
+        return "waiting_for_beat"
     logger.warning("celery beat silent: django q runs check_pending_payments")
     return services.pending_payments_check()

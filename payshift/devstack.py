@@ -3,33 +3,42 @@
 `python -m payshift.devstack` (called by `./scripts/up`). With no gateway keys in the environment it runs
 in demo mode: clearly marked demo keys, base URLs pointing at the local sandbox. With DATABASE_URL and
 CELERY_BROKER_URL set it runs on PostgreSQL and Redis/RabbitMQ instead of SQLite and the embedded broker.
-Ctrl-C (or SIGTERM) stops every process.
+Ctrl-C (or SIGTERM) stops every process. The processes and their command lines are payshift/processes.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import FrameType
 
-import httpx
+from payshift.processes import (
+    CHECKOUT,
+    ProcessError,
+    Supervisor,
+    Topology,
+    demo_gateway_environment,
+    manage_command,
+    sandbox_environment,
+)
 
-from payment.gateways.registry import demo_environment
+ROOT = CHECKOUT or Path.cwd()
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# The same file the settings read (PAYSHIFT_ENV_FILE), so every manage.py command sees the demo setup.
+# The file `manage.py` reads (PAYSHIFT_ENV_FILE), so `manage.py test_webhook` in another terminal sees the
+# demo setup. The processes started here never need it: they get the whole environment from us.
 ENV_FILE = Path(os.environ.get("PAYSHIFT_ENV_FILE", str(ROOT / ".env")))
 ENV_FILE_MARKER = "# Written by scripts/up for demo mode"
+ADMIN_USER = "admin"
+ADMIN_PASSWORD_FILE = "demo-admin-password"
 
 
 def _read_env_file() -> dict[str, str]:
@@ -44,10 +53,7 @@ def _read_env_file() -> dict[str, str]:
 
 
 def _write_demo_env_file(values: dict[str, str]) -> None:
-    """Let `manage.py test_webhook` in another terminal see the demo keys and the sandbox (settings read .env).
-
-    Only a file this script wrote is ever replaced; a developer's own .env is left alone.
-    """
+    """Only a file this script wrote is ever replaced; a developer's own .env is left alone."""
     if ENV_FILE.is_file() and not ENV_FILE.read_text().startswith(ENV_FILE_MARKER):
         return
     lines = [ENV_FILE_MARKER + "; delete it (and stop scripts/up) to use your own keys.", *(
@@ -60,23 +66,20 @@ def stack_env(web_port: int, sandbox_port: int) -> tuple[dict[str, str], bool]:
     env = {**file_values, **os.environ}
     keys = [env.get("PAYSTACK_SECRET_KEY", ""), env.get("FLUTTERWAVE_SECRET_KEY", "")]
     demo = not any(keys) or any("payshift" in k and "demo" in k for k in keys)
-    sandbox = f"http://127.0.0.1:{sandbox_port}"
+    topology = Topology(web_port=web_port, sandbox_port=sandbox_port)
+    sandbox = topology.sandbox_url
     if demo:
-        # Each gateway class names its demo keys and its place in the sandbox (payment/gateways/<name>/).
-        demo_values = {**demo_environment(sandbox), "PAYSHIFT_SANDBOX_URL": sandbox}
+        demo_values = demo_gateway_environment(sandbox)
         for key, value in demo_values.items():
             if key not in os.environ:
                 env[key] = value
+        # The sandbox this stack starts is the one to seed, whatever an old .env or shell says.
+        env["PAYSHIFT_SANDBOX_URL"] = sandbox
         _write_demo_env_file({k: env[k] for k in demo_values})
-    # The sandbox accepts exactly the keys Payshift uses, and posts webhooks back to this web server.
-    env.setdefault("SANDBOX_PAYSTACK_SECRET_KEYS", env.get("PAYSTACK_SECRET_KEY", ""))
-    env.setdefault("SANDBOX_FLUTTERWAVE_SECRET_KEYS", env.get("FLUTTERWAVE_SECRET_KEY", ""))
-    env.setdefault("SANDBOX_FLUTTERWAVE_WEBHOOK_HASH", env.get("FLUTTERWAVE_WEBHOOK_HASH", "").split(",")[0])
-    env.setdefault("SANDBOX_WEBHOOK_BASE_URL", f"http://127.0.0.1:{web_port}")
-    env.setdefault("SANDBOX_PUBLIC_URL", sandbox)
+    for key, value in sandbox_environment(env, webhook_base_url=topology.web_url, public_url=sandbox).items():
+        env.setdefault(key, value)
     # Several gunicorn workers share metrics through this folder (prometheus-client multiprocess mode).
-    var = Path(env.get("PAYSHIFT_VAR_DIR", ROOT / "var"))
-    prom = var / "prometheus"
+    prom = var_dir(env) / "prometheus"
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True, exist_ok=True)
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(prom))
@@ -88,96 +91,79 @@ def stack_env(web_port: int, sandbox_port: int) -> tuple[dict[str, str], bool]:
     return env, demo
 
 
-class Stack:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.argv: dict[str, list[str]] = {}
-        self.restarts: dict[str, list[float]] = {}
-        self.stopping = False
-
-    def restart_dead(self, limit: int = 5, window: float = 120.0) -> list[str]:
-        """Restart processes that died, like a process supervisor would (a Celery worker can exit when
-        its broker goes away); give up on one that keeps dying. Returns the names given up on."""
-        given_up = []
-        for name in self.dead():
-            now = time.monotonic()
-            recent = [t for t in self.restarts.get(name, []) if now - t < window]
-            if len(recent) >= limit:
-                given_up.append(name)
-                continue
-            self.restarts[name] = [*recent, now]
-            print(f"{name} exited with {self.procs[name].returncode}; restarting it", flush=True)
-            self.start(name, self.argv[name])
-        return given_up
-
-    def start(self, name: str, argv: list[str]) -> None:
-        self.argv[name] = argv
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs[name] = proc
-        threading.Thread(target=self._pump, args=(name, proc), daemon=True).start()
-
-    def _pump(self, name: str, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            sys.stdout.write(f"{name:>8} | {raw.decode(errors='replace')}")
-            sys.stdout.flush()
-
-    def dead(self) -> list[str]:
-        return [name for name, p in self.procs.items() if p.poll() is not None]
-
-    def stop(self) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        print("\nstopping:", ", ".join(self.procs), flush=True)
-        # SIGTERM to each main process only: Celery and the Q cluster then shut their children down warmly.
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        print("all stopped.", flush=True)
-
-
-def wait_healthy(urls: list[str], timeout: float, stack: Stack) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(urls)
-    while pending:
-        if stack.dead():
-            raise SystemExit(f"process(es) exited during start-up: {', '.join(stack.dead())}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not healthy after {timeout:.0f}s: {', '.join(pending)}")
-        for url in list(pending):
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    pending.remove(url)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.3)
+def var_dir(env: dict[str, str]) -> Path:
+    return Path(env.get("PAYSHIFT_VAR_DIR", ROOT / "var"))
 
 
 def manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
+    subprocess.run([*manage_command(), *args], cwd=ROOT, env=env, check=True)
+
+
+_ADMIN_CODE = """
+import os
+from django.contrib.auth import get_user_model
+User, password = get_user_model(), os.environ["PAYSHIFT_DEMO_ADMIN_PASSWORD"]
+user = User.objects.filter(username=os.environ["PAYSHIFT_DEMO_ADMIN_USER"]).first()
+if user is None:
+    User.objects.create_superuser(os.environ["PAYSHIFT_DEMO_ADMIN_USER"], "admin@example.com", password)
+elif not user.check_password(password):
+    if os.environ["PAYSHIFT_DEMO_ADMIN_NEW_FILE"] != "1":
+        raise SystemExit(3)
+    user.set_password(password)
+    user.save(update_fields=["password"])
+"""
 
 
 def ensure_admin(env: dict[str, str]) -> str | None:
-    """Create a demo superuser once and print its password (demo mode only)."""
-    code = (
-        "from django.contrib.auth import get_user_model as g;U=g();import sys\n"
-        "if U.objects.filter(username='admin').exists(): sys.exit(3)\n"
-        "U.objects.create_superuser('admin','admin@example.com',sys.argv[1])"
-    )
-    password = secrets.token_urlsafe(9)
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code.replace("sys.argv[1]", repr(password))],
-                            cwd=ROOT, env=env, capture_output=True, check=False)
-    return password if result.returncode == 0 else None
+    """The demo superuser with the password kept in var/demo-admin-password (mode 0600), so every demo
+    start can print it. None when someone changed it in the admin since (the file no longer says it)."""
+    path = var_dir(env) / ADMIN_PASSWORD_FILE
+    new_file = not path.is_file()
+    if new_file:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(12) + "\n")
+    path.chmod(0o600)
+    password = path.read_text().strip()
+    result = subprocess.run([*manage_command(), "shell", "-c", _ADMIN_CODE], cwd=ROOT, capture_output=True,
+                            check=False, env={**env, "PAYSHIFT_DEMO_ADMIN_PASSWORD": password,
+                                              "PAYSHIFT_DEMO_ADMIN_USER": ADMIN_USER,
+                                              "PAYSHIFT_DEMO_ADMIN_NEW_FILE": "1" if new_file else "0"})
+    if result.returncode != 0:
+        if result.returncode != 3:
+            print(result.stderr.decode(errors="replace"), file=sys.stderr)
+        return None
+    return password
+
+
+def shown_command(*args: str) -> str:
+    """A manage.py command line that works when pasted in another terminal in this directory: the
+    interpreter this stack runs with (.venv/bin/python from the checkout), not whatever `python` is."""
+    def short(path: str) -> str:
+        relative = os.path.relpath(path)
+        return relative if not relative.startswith("..") else path
+
+    argv = manage_command()
+    shown = [short(argv[0]), *(short(a) if a.endswith("manage.py") else shlex.quote(a) for a in argv[1:])]
+    return " ".join([*shown, *args])
+
+
+def banner(topology: Topology, demo: bool, password: str | None, env: dict[str, str]) -> str:
+    web = topology.web_url
+    admin = f"user {ADMIN_USER} / password {password}" if password else (
+        f"user {ADMIN_USER} (password changed in the admin since {var_dir(env) / ADMIN_PASSWORD_FILE})"
+        if demo else "")
+    lines = [
+        f"Payshift is up{' in DEMO mode (sandbox gateways, demo keys)' if demo else ''}.",
+        f"  Pay something:     {web}/   (pick a gateway, 'Start payment', then pay on the checkout page)",
+        f"  Admin:             {web}/admin/   {admin}".rstrip(),
+        f"  Health:            {web}/readyz",
+        f"  Sandbox:           {topology.sandbox_url}/_sandbox/deliveries",
+        f"  Simulate a webhook: {shown_command('test_webhook', '--payment-method=paystack', '--url', web)}",
+        "  Logs: payment.log  |  Ctrl-C stops everything",
+    ]
+    return "\n".join(["", "=" * 72, *lines, "=" * 72, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,58 +177,54 @@ def main(argv: list[str] | None = None) -> int:
                         help="start, send one test webhook per gateway, check they settle, stop (CI)")
     args = parser.parse_args(argv)
 
+    topology = Topology(web_port=args.port, sandbox_port=args.sandbox_port, web_workers=args.web_workers,
+                        web_args=("--access-logfile", "-", "--graceful-timeout", "10"),
+                        celery_concurrency=args.celery_concurrency)
     env, demo = stack_env(args.port, args.sandbox_port)
+    topology = dataclasses.replace(topology, beat_schedule=var_dir(env) / "celerybeat-schedule")
     print("Payshift: migrating the database ...", flush=True)
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "collectstatic", "--noinput", "-v", "0")
     password = ensure_admin(env) if demo else None
 
-    stack = Stack(env)
+    supervisor = Supervisor(env, cwd=ROOT)
+    stopping: list[bool] = []
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(True)
+            print("\nstopping:", ", ".join(supervisor.procs), flush=True)
+            supervisor.stop_all()
+            print("all stopped.", flush=True)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stack.stop()
+        stop()
         raise SystemExit(0)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    py = sys.executable
-    venv_bin = Path(py).parent
-    stack.start("sandbox", [py, "-m", "payshift.sandbox", "--host", "127.0.0.1", "--port", str(args.sandbox_port)])
-    stack.start("web", [str(venv_bin / "gunicorn"), "payshift.wsgi:application", "--bind",
-                        f"127.0.0.1:{args.port}", "--workers", str(args.web_workers), "--threads", "4",
-                        "--worker-class", "gthread", "--access-logfile", "-", "--graceful-timeout", "10"])
-    stack.start("worker", [str(venv_bin / "celery"), "-A", "payshift", "worker", "-l", "info",
-                           "--concurrency", str(args.celery_concurrency), "-n", "payshift@%h"])
-    beat_file = Path(env.get("PAYSHIFT_VAR_DIR", ROOT / "var")) / "celerybeat-schedule"
-    stack.start("beat", [str(venv_bin / "celery"), "-A", "payshift", "beat", "-l", "info", "-s", str(beat_file)])
-    stack.start("qcluster", [py, "manage.py", "qcluster"])
     try:
-        wait_healthy([f"http://127.0.0.1:{args.port}/healthz",
-                      f"http://127.0.0.1:{args.sandbox_port}/_sandbox/health"], args.startup_timeout, stack)
-        web = f"http://127.0.0.1:{args.port}"
-        print("\n" + "=" * 72)
-        print(f"Payshift is up{' in DEMO mode (sandbox gateways, demo keys)' if demo else ''}.")
-        print(f"  Pay something:     {web}/   (pick a gateway, 'Start payment', then pay on the checkout page)")
-        print(f"  Admin:             {web}/admin/" + (f"   user admin / password {password}" if password else ""))
-        print(f"  Health:            {web}/readyz")
-        print(f"  Sandbox:           http://127.0.0.1:{args.sandbox_port}/_sandbox/deliveries")
-        print(f"  Simulate a webhook: python manage.py test_webhook --payment-method=paystack --url {web}")
-        print("  Logs: payment.log  |  Ctrl-C stops everything")
-        print("=" * 72 + "\n", flush=True)
+        for name, command in topology.commands().items():
+            supervisor.start(name, command)
+        try:
+            supervisor.wait_healthy({"web": f"{topology.web_url}/healthz",
+                                     "sandbox": f"{topology.sandbox_url}/_sandbox/health"}, args.startup_timeout)
+        except ProcessError as exc:
+            raise SystemExit(str(exc)) from exc
+        print(banner(topology, demo, password, env), flush=True)
         if args.smoke:
             for gateway in ("paystack", "flutterwave"):
-                subprocess.run([py, "manage.py", "test_webhook", f"--payment-method={gateway}", "--url", web,
-                                "--timeout", "60"], cwd=ROOT, env=env, check=True)
+                manage(env, "test_webhook", f"--payment-method={gateway}", "--url", topology.web_url,
+                       "--timeout", "60")
             print("smoke: both gateways settled", flush=True)
             return 0
-        while True:
-            given_up = stack.restart_dead()
-            if given_up:
-                print(f"process(es) keep exiting: {', '.join(given_up)}; stopping the rest", flush=True)
-                return 1
+        supervisor.watch()
+        while not supervisor.given_up:
             time.sleep(1)
+        print(f"process(es) keep exiting: {', '.join(supervisor.given_up)}; stopping the rest", flush=True)
+        return 1
     finally:
-        stack.stop()
+        stop()
 
 
 if __name__ == "__main__":

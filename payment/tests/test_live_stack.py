@@ -2,6 +2,8 @@
 
 `python -m payshift.devstack` (what `./scripts/up` runs) is started once for the module on free ports with
 its own SQLite file and broker folder; each test drives it with `manage.py test_webhook` as a user would.
+The first test runs `./scripts/up --smoke` then the suite's settings, in the README's order, in a copy
+of the checkout.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +33,75 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without gateway keys, sandbox settings, services or settings module: a new user's."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PAYSTACK", "FLUTTERWAVE", "SANDBOX_", "PAYSHIFT_"))}
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE", "PAYMENT_LOG_FILE"):
+        env.pop(name, None)
+    return env
+
+
+# What a process sees of the demo setup once Django is set up: in its settings and in its environment.
+DEMO_NAMES = ("PAYSHIFT_SANDBOX_URL", "PAYSTACK_SECRET_KEY", "FLUTTERWAVE_SECRET_KEY", "FLUTTERWAVE_WEBHOOK_HASH",
+              "PAYSTACK_BASE_URL", "FLUTTERWAVE_BASE_URL")
+SETTINGS_PROBE = ("import json, os, django; django.setup(); from django.conf import settings as s; "
+                  "print(json.dumps({n: [str(getattr(s, n, '')), os.environ.get(n, '')] for n in "
+                  f"{DEMO_NAMES!r}}}))")
+
+
+@pytest.mark.timeout(420)
+def test_scripts_up_then_the_suite_the_demo_env_reaches_manage_py_not_the_test_settings(tmp_path: Path) -> None:
+    """README order: `./scripts/up` (here --smoke) writes .env into the checkout; `./scripts/test` then
+    imports the settings in that checkout and must not see the demo keys or the sandbox URL."""
+    suite_settings = os.environ["DJANGO_SETTINGS_MODULE"]  # the settings module this suite runs with
+    checkout = tmp_path / "checkout"
+    for name in ("payment", "payshift"):
+        shutil.copytree(ROOT / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    shutil.copy2(ROOT / "manage.py", checkout / "manage.py")
+    env = {**_clean_env(), "PYTHONPATH": str(checkout), "PYTHONUNBUFFERED": "1"}
+    web, sandbox = _free_port(), _free_port()
+    up = subprocess.run([sys.executable, "-m", "payshift.devstack", "--smoke", "--port", str(web), "--sandbox-port",
+                         str(sandbox), "--web-workers", "1", "--celery-concurrency", "1"], cwd=checkout, env=env,
+                        capture_output=True, text=True, timeout=400, check=False)
+    assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
+    assert "smoke: both gateways settled" in up.stdout
+    sandbox_url = f"http://127.0.0.1:{sandbox}"
+    assert f"PAYSHIFT_SANDBOX_URL={sandbox_url}" in (checkout / ".env").read_text()
+
+    seen = subprocess.run([sys.executable, "-c", SETTINGS_PROBE], cwd=checkout, capture_output=True, text=True,
+                          env={**env, "DJANGO_SETTINGS_MODULE": suite_settings}, timeout=60, check=False)
+    assert seen.returncode == 0, seen.stderr
+    leaked = {name: values for name, values in json.loads(seen.stdout).items()
+              if any("demo" in v or sandbox_url in v for v in values)}
+    assert leaked == {}
+
+    # A second terminal's manage.py (test_webhook) still finds the demo setup.
+    managed = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETTINGS_PROBE], cwd=checkout, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert managed.returncode == 0, managed.stderr
+    assert sandbox_url in json.loads(managed.stdout.strip().splitlines()[-1])["PAYSHIFT_SANDBOX_URL"]
+
+
+def test_demo_stack_seeds_its_own_sandbox_whatever_the_shell_says(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PAYSHIFT_SANDBOX_URL left in the environment (an old .env read into it) pointed test_webhook at a
+    sandbox that was not running: the live-stack tests failed after a plain `./scripts/up`."""
+    from payshift import devstack
+
+    monkeypatch.setattr(devstack, "ENV_FILE", tmp_path / ".env")
+    monkeypatch.setenv("PAYSHIFT_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("PAYSHIFT_SANDBOX_URL", "http://127.0.0.1:8100")
+    for name in ("PAYSTACK_SECRET_KEY", "FLUTTERWAVE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    env, demo = devstack.stack_env(18000, 18123)
+    assert demo and env["PAYSHIFT_SANDBOX_URL"] == "http://127.0.0.1:18123"
+    assert "PAYSHIFT_SANDBOX_URL=http://127.0.0.1:18123" in (tmp_path / ".env").read_text()
+    assert env["SANDBOX_PUBLIC_URL"] == "http://127.0.0.1:18123"
+    assert env["SANDBOX_WEBHOOK_BASE_URL"] == "http://127.0.0.1:18000"
+    assert env["SANDBOX_PAYSTACK_SECRET_KEYS"] == env["PAYSTACK_SECRET_KEY"]
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +317,39 @@ def test_stack_restarts_a_crashed_worker(live: dict[str, Any]) -> None:
         time.sleep(0.5)
     result = run(live, "test_webhook", "--payment-method=paystack", "--url", live["url"])
     assert result.returncode == 0 and "final status success" in result.stdout, result.stdout + result.stderr
+
+
+def _banner_line(live: dict[str, Any], label: str) -> str:
+    for line in (live["tmp"] / "stack.log").read_text(errors="replace").splitlines():
+        if line.strip().startswith(label):
+            return line.split(label, 1)[1].strip()
+    raise AssertionError(f"no {label!r} line in the banner")
+
+
+def test_banner_webhook_command_works_as_written_without_the_venv_on_path(live: dict[str, Any]) -> None:
+    command = _banner_line(live, "Simulate a webhook:")
+    assert shlex.split(command)[0] == os.path.relpath(sys.executable, ROOT)  # .venv/bin/python from a checkout
+    result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            check=False, env={**live["env"], "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "final status success" in result.stdout
+
+
+def test_demo_admin_password_is_kept_and_printed_at_every_start(live: dict[str, Any]) -> None:
+    from payshift import devstack
+
+    password_file = live["tmp"] / "var" / "demo-admin-password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    assert _banner_line(live, "Admin:").endswith(f"user admin / password {password}")
+    # The next start (same var folder, admin already there) prints the same password, and it logs in.
+    env = {**live["env"], "DJANGO_SETTINGS_MODULE": "payshift.settings"}
+    assert devstack.ensure_admin(env) == password
+    with httpx.Client(base_url=live["url"], timeout=10) as client:
+        login = client.get("/admin/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text)
+        assert token is not None
+        answer = client.post("/admin/login/", data={"username": "admin", "password": password, "next": "/admin/",
+                                                    "csrfmiddlewaretoken": token.group(1)},
+                             headers={"Referer": f"{live['url']}/admin/login/"})
+        assert answer.status_code == 302 and answer.headers["location"] == "/admin/"
