@@ -137,8 +137,33 @@ class ResolveReviewForm(forms.Form):
     note = forms.CharField(widget=forms.Textarea, help_text="Required: why, and what you checked.")
 
 
+class ActionFormMixin:
+    """A staff action behind its own permission: a form, one service call, a message, back to the object.
+    (Not `action_form`: ModelAdmin uses that name for its bulk-actions form.)"""
+
+    admin_site: Any
+    model: Any
+
+    def action_page(self, request: HttpRequest, *, permission: str, form: forms.Form, run: Any,
+                    refusals: tuple[type[Exception], ...], back_to: str, title: str, payment: Payment,
+                    submit: str) -> HttpResponse:
+        if not request.user.has_perm(permission):
+            raise PermissionDenied
+        if request.method == "POST" and form.is_valid():
+            try:
+                message = run(form.cleaned_data)
+            except refusals as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, message)
+                return HttpResponseRedirect(back_to)
+        return render(request, "admin/payment/action_form.html", {
+            **self.admin_site.each_context(request), "title": title, "payment": payment, "form": form,
+            "opts": self.model._meta, "submit": submit})
+
+
 @admin.register(Payment)
-class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class PaymentAdmin(ActionFormMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("reference", "gateway", "amount_display", "status", "review_reason", "mode", "customer_email",
                     "created_at")
     list_filter = ("gateway", "status", "mode", "review_reason", "created_at")
@@ -202,42 +227,32 @@ class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 self.message_user(request, f"{payment.reference}: gateway error: {exc}", messages.ERROR)
 
     def refund_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        if not request.user.has_perm("payment.refund_payment"):
-            raise PermissionDenied
         payment = get_object_or_404(Payment, pk=pk)
-        form = RefundForm(request.POST or None, payment=payment, user_id=request.user.pk)
-        if request.method == "POST" and form.is_valid():
-            try:
-                refund = services.refund_request(
-                    payment.pk, amount=form.cleaned_data["refund_amount"], reason=form.cleaned_data["reason"],
-                    idempotency_key=form.cleaned_data["token"], requested_by=request.user.get_username())
-            except services.RefundNotAllowedError as exc:
-                form.add_error(None, str(exc))
-            else:
-                self.message_user(request, f"Refund #{refund.pk} of {refund.amount} {refund.currency} minor units: "
-                                           f"{refund.status}.")
-                return HttpResponseRedirect(reverse("admin:payment_payment_change", args=[pk]))
-        return render(request, "admin/payment/action_form.html", {
-            **self.admin_site.each_context(request), "title": f"Refund {payment.reference}", "payment": payment,
-            "form": form, "opts": self.model._meta, "submit": "Request refund"})
+        actor = request.user.get_username()
+
+        def run(data: dict[str, Any]) -> str:
+            refund = services.refund_request(payment.pk, amount=data["refund_amount"], reason=data["reason"],
+                                             idempotency_key=data["token"], requested_by=actor)
+            return f"Refund #{refund.pk} of {refund.amount} {refund.currency} minor units: {refund.status}."
+
+        return self.action_page(
+            request, permission="payment.refund_payment",
+            form=RefundForm(request.POST or None, payment=payment, user_id=request.user.pk), run=run,
+            refusals=(services.RefundNotAllowedError,), back_to=reverse("admin:payment_payment_change", args=[pk]),
+            title=f"Refund {payment.reference}", payment=payment, submit="Request refund")
 
     def resolve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        if not request.user.has_perm("payment.resolve_review"):
-            raise PermissionDenied
         payment = get_object_or_404(Payment, pk=pk)
-        form = ResolveReviewForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            try:
-                services.payment_review_resolve(payment.pk, to_status=form.cleaned_data["outcome"],
-                                                note=form.cleaned_data["note"], actor=request.user.get_username())
-            except ValueError as exc:
-                form.add_error(None, str(exc))
-            else:
-                self.message_user(request, f"{payment.reference} resolved.")
-                return HttpResponseRedirect(reverse("admin:payment_payment_change", args=[pk]))
-        return render(request, "admin/payment/action_form.html", {
-            **self.admin_site.each_context(request), "title": f"Resolve review of {payment.reference}",
-            "payment": payment, "form": form, "opts": self.model._meta, "submit": "Resolve"})
+        actor = request.user.get_username()
+
+        def run(data: dict[str, Any]) -> str:
+            services.payment_review_resolve(payment.pk, to_status=data["outcome"], note=data["note"], actor=actor)
+            return f"{payment.reference} resolved."
+
+        return self.action_page(
+            request, permission="payment.resolve_review", form=ResolveReviewForm(request.POST or None), run=run,
+            refusals=(ValueError,), back_to=reverse("admin:payment_payment_change", args=[pk]),
+            title=f"Resolve review of {payment.reference}", payment=payment, submit="Resolve")
 
 
 @admin.register(WebhookEvent)
@@ -294,7 +309,7 @@ class WebhookEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Refund)
-class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class RefundAdmin(ActionFormMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "payment", "amount", "currency", "status", "gateway_refund_id", "requested_by",
                     "created_at")
     list_filter = ("status", "currency", "created_at")
@@ -319,22 +334,17 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 *super().get_urls()]
 
     def settle_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        if not request.user.has_perm("payment.refund_payment"):
-            raise PermissionDenied
         refund = get_object_or_404(Refund.objects.select_related("payment"), pk=pk)
-        form = RefundSettleForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            try:
-                services.refund_settle(refund.pk, to_status=form.cleaned_data["outcome"],
-                                       note=form.cleaned_data["note"], actor=request.user.get_username())
-            except ValueError as exc:
-                form.add_error(None, str(exc))
-            else:
-                self.message_user(request, f"Refund #{refund.pk} settled.")
-                return HttpResponseRedirect(reverse("admin:payment_refund_change", args=[pk]))
-        return render(request, "admin/payment/action_form.html", {
-            **self.admin_site.each_context(request), "title": f"Settle {refund}", "payment": refund.payment,
-            "form": form, "opts": self.model._meta, "submit": "Settle"})
+        actor = request.user.get_username()
+
+        def run(data: dict[str, Any]) -> str:
+            services.refund_settle(refund.pk, to_status=data["outcome"], note=data["note"], actor=actor)
+            return f"Refund #{refund.pk} settled."
+
+        return self.action_page(
+            request, permission="payment.refund_payment", form=RefundSettleForm(request.POST or None), run=run,
+            refusals=(ValueError,), back_to=reverse("admin:payment_refund_change", args=[pk]),
+            title=f"Settle {refund}", payment=refund.payment, submit="Settle")
 
 
 @admin.register(Notification)
