@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import threading
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from payment.conf import app_settings
@@ -51,9 +53,17 @@ def _import(package: str, setting: str) -> None:
     _imported.add(package)
 
 
+def _extra_packages() -> list[str]:
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        # Tooling that runs with no Django settings at all (the dev stack's demo environment): the
+        # environment is the only place the setting can be then.
+        return [p.strip() for p in os.environ.get("PAYSHIFT_GATEWAY_MODULES", "").split(",") if p.strip()]
+    return app_settings.PAYSHIFT_GATEWAY_MODULES
+
+
 def _packages() -> list[str]:
     """Every folder under payment/gateways/, then the packages PAYSHIFT_GATEWAY_MODULES names, imported."""
-    extra = app_settings.PAYSHIFT_GATEWAY_MODULES
+    extra = _extra_packages()
     if _built_in and all(package in _imported for package in extra):
         return [*_built_in, *extra]
     with _lock:

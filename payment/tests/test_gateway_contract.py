@@ -12,9 +12,12 @@ import importlib
 import importlib.util
 import io
 import json
+import os
 import random
+import subprocess
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -304,6 +307,21 @@ def test_registry_loads_gateway_packages_named_in_settings(client: Client, setti
 def _built_in_names() -> list[str]:
     with override_settings(PAYSHIFT_GATEWAY_MODULES=[]):
         return list(gateway_classes())
+
+
+def test_registry_lists_gateways_before_django_settings_exist() -> None:
+    # The dev stack builds its demo environment from the classes before it configures Django.
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["PAYSHIFT_GATEWAY_MODULES"] = ",".join(TEST_GATEWAY_MODULES)
+    code = ("import json; from payment.gateways.registry import demo_environment, gateway_classes; "
+            "print(json.dumps([sorted(gateway_classes()), demo_environment('http://127.0.0.1:8100')]))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                            check=False, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-2000:]
+    names, demo = json.loads(result.stdout)
+    assert names == GATEWAYS
+    for name in GATEWAYS:
+        assert gateway_classes()[name].demo_settings.items() <= demo.items()
 
 
 @pytest.mark.parametrize(("modules", "message"), [
