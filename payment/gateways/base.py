@@ -260,7 +260,8 @@ def api_timeout(seconds: float) -> Iterator[None]:
 
 
 class Gateway(ABC):
-    """One payment gateway. Subclasses live in payment/gateways/<name>/ and register themselves."""
+    """One payment gateway. Subclasses live in one folder each (payment/gateways/<name>/, or a package named in
+    PAYSHIFT_GATEWAY_MODULES) and register themselves."""
 
     name: ClassVar[str]
     #: Header names whose values are secrets or signatures: never stored or logged.

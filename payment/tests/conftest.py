@@ -125,16 +125,16 @@ def signed_post(client: Client, gateway: str, payload: Any, *, headers: dict[str
 
 def paystack_charge(reference: str, *, amount: int = 500000, currency: str = "NGN", tx_id: int = 1001,
                     status: str = "success", domain: str = "test") -> dict[str, Any]:
-    return gateway_get("paystack").build_test_webhook(
-        event="charge.success", reference=reference, transaction_id=str(tx_id), status=status, amount=amount,
-        currency=currency, mode=domain, email="ada@example.com")
+    return gateway_get(PaystackGateway.name).build_test_webhook(
+        event=PaystackGateway.charge_event, reference=reference, transaction_id=str(tx_id), status=status,
+        amount=amount, currency=currency, mode=domain, email="ada@example.com")
 
 
 def flutterwave_charge(reference: str, *, amount: int = 500000, currency: str = "NGN", tx_id: int = 2001,
                        status: str = "successful") -> dict[str, Any]:
-    return gateway_get("flutterwave").build_test_webhook(
-        event="charge.completed", reference=reference, transaction_id=str(tx_id), status=status, amount=amount,
-        currency=currency, mode="test", email="ada@example.com")
+    return gateway_get(FlutterwaveGateway.name).build_test_webhook(
+        event=FlutterwaveGateway.charge_event, reference=reference, transaction_id=str(tx_id), status=status,
+        amount=amount, currency=currency, mode="test", email="ada@example.com")
 
 
 def paystack_verify_answer(reference: str, *, amount: int = 500000, currency: str = "NGN", status: str = "success",
