@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -17,9 +17,6 @@ from payment.models import Payment
 
 # Typical Nigerian checkout amounts in kobo (N1,500 to N99,999), so bodies have realistic sizes and values.
 _AMOUNTS = (150_000, 250_000, 500_000, 750_000, 1_000_000, 1_250_000, 2_500_000, 4_999_900, 9_999_900)
-SIGNATURE_HEADERS = {"paystack": "x-paystack-signature", "flutterwave": "verif-hash"}
-# What each gateway calls a successful charge (docs/gateway-facts.md).
-SUCCESS_EVENTS = {"paystack": "charge.success", "flutterwave": "charge.completed"}
 
 
 @dataclass(frozen=True)
@@ -31,15 +28,34 @@ class PendingPayment:
     email: str = "customer@example.com"
 
 
-def payments_create(prefix: str, count: int, *, flutterwave_share: float = 0.0, seed: int = 7,
-                    batch_size: int = 5000) -> list[PendingPayment]:
-    """Insert `count` pending payments (as Payment.objects.create would, in batches) and return them."""
+def _gateway_pick(rng: random.Random, shares: Mapping[str, float]) -> str:
+    """One gateway name, each drawn with its share of the traffic (the shares need not add up to 1)."""
+    point = rng.random() * sum(shares.values())
+    for name, share in shares.items():
+        point -= share
+        if point < 0:
+            return name
+    return next(reversed(list(shares)))
+
+
+def payments_create(prefix: str, count: int, *, shares: Mapping[str, float] | None = None,
+                    flutterwave_share: float = 0.0, seed: int = 7, batch_size: int = 5000) -> list[PendingPayment]:
+    """Insert `count` pending payments (as Payment.objects.create would, in batches) and return them.
+
+    `shares` is the traffic mix, gateway name -> share; `flutterwave_share` is the scenarios' shorthand for
+    the mix bench/README.md describes (that share Flutterwave, the rest Paystack).
+    """
+    if shares is None:
+        # Flutterwave first: the same seed draws the same payments as the runs recorded in bench/results/.
+        shares = {"flutterwave": flutterwave_share, "paystack": 1.0 - flutterwave_share}
+    shares = {name: share for name, share in shares.items() if share > 0}
+    if not shares:
+        raise ValueError("payments_create: no gateway has a share of the traffic")
     rng = random.Random(f"{seed}:{prefix}")
-    made = [PendingPayment(reference=f"{prefix}-{i:07d}",
-                           gateway="flutterwave" if rng.random() < flutterwave_share else "paystack",
+    made = [PendingPayment(reference=f"{prefix}-{i:07d}", gateway=_gateway_pick(rng, shares),
                            amount=rng.choice(_AMOUNTS), email=f"customer{i}@example.com")
             for i in range(count)]
-    modes = {name: gateway_get(name).key_mode() for name in ("paystack", "flutterwave")}
+    modes = {name: gateway_get(name).key_mode() for name in shares}
     for start in range(0, count, batch_size):
         Payment.objects.bulk_create([
             Payment(reference=p.reference, gateway=p.gateway, amount=p.amount, currency=p.currency,
@@ -91,11 +107,12 @@ def signed_requests(payments: Sequence[PendingPayment], transaction_ids: dict[st
         gateway = gateway_get(p.gateway)
         transaction_id = (transaction_ids or {}).get(p.reference) or str(id_base + i)
         body = json_dumps(gateway.build_test_webhook(
-            event=SUCCESS_EVENTS[p.gateway], reference=p.reference, transaction_id=transaction_id, status="success",
+            event=gateway.charge_event, reference=p.reference, transaction_id=transaction_id, status="success",
             amount=p.amount, currency=p.currency, mode=gateway.key_mode(), email=p.email))
-        header = SIGNATURE_HEADERS[p.gateway]
-        reqs.append(Req(path=f"/payment/webhooks/{p.gateway}/", header=header,
-                        value=gateway.sign_webhook(body)[header], body=body))
+        # wrk_cycle.lua sends one header besides the content type: the one that carries the proof.
+        signed = gateway.sign_webhook(body)
+        header = next(name for name in signed if name in gateway.secret_headers)
+        reqs.append(Req(path=f"/payment/webhooks/{p.gateway}/", header=header, value=signed[header], body=body))
     return reqs
 
 

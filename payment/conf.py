@@ -61,6 +61,7 @@ _SETTINGS: dict[str, _Setting] = {
     # "development" or "production": production turns the strict system checks on (payment.checks).
     "PAYSHIFT_ENVIRONMENT": _Setting("development", str),
     "PAYSHIFT_ENABLED_GATEWAYS": _Setting(None, _as_optional_list),
+    "PAYSHIFT_GATEWAY_MODULES": _Setting([], _as_list),
     # Ingest
     "PAYSHIFT_WEBHOOK_MAX_BYTES": _Setting(1024 * 1024, int),
     "PAYSHIFT_IP_ALLOWLIST_GATEWAYS": _Setting([], _as_list),

@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
+from django.conf import settings
 
 from payment import metrics
 from payment.conf import app_settings
@@ -62,6 +64,10 @@ class InvalidPayloadError(ValueError):
 
 class NotFoundAtGatewayError(PermanentGatewayError):
     """The gateway does not know this transaction (yet)."""
+
+
+class UnbuildableEventError(ValueError):
+    """`build_test_webhook` was asked for an event it cannot imitate faithfully (test_webhook refuses it)."""
 
 
 # Neutral outcome values, shared by every gateway (a subset of payment statuses plus "pending").
@@ -122,6 +128,20 @@ class RefundResult:
     amount: int | None = None  # minor units; None when the answer does not say
     refund_reference: str = ""  # the gateway's own reference for the refund, distinct from its id
     currency: str = ""
+
+
+@dataclass(frozen=True)
+class RecordedAnswer:
+    """One API answer as the gateway sends it, and the request that gets it (the contract suite mocks it).
+
+    payment/tests/test_gateway_contract.py answers `method url` with `body` and checks what the gateway's
+    client makes of it, so the suite needs to know nothing about the gateway's paths or shapes.
+    """
+
+    method: str
+    url: str  # absolute, under the configured base URL; no query string
+    body: dict[str, Any]
+    status: int = 200
 
 
 @dataclass
@@ -240,7 +260,8 @@ def api_timeout(seconds: float) -> Iterator[None]:
 
 
 class Gateway(ABC):
-    """One payment gateway. Subclasses live in payment/gateways/<name>/ and register themselves."""
+    """One payment gateway. Subclasses live in one folder each (payment/gateways/<name>/, or a package named in
+    PAYSHIFT_GATEWAY_MODULES) and register themselves."""
 
     name: ClassVar[str]
     #: Header names whose values are secrets or signatures: never stored or logged.
@@ -258,6 +279,14 @@ class Gateway(ABC):
     demo_settings: ClassVar[dict[str, str]] = {}
     #: Where this gateway's API lives under the sandbox's root URL (its base URL setting in demo mode).
     sandbox_path: ClassVar[str] = ""
+    #: The event a processed refund sends ("" = the gateway sends none): the contract suite builds it.
+    refund_event: ClassVar[str] = ""
+    #: False where the webhook's proof is a shared secret sent back verbatim: it proves who sent the body,
+    #: not what the body says, so a tampered body still verifies and only the verify API is evidence.
+    body_signed: ClassVar[bool] = True
+    #: The settings the test suite gives this gateway (payment/tests/conftest.py, `gateway_settings`):
+    #: setting name -> value, its secrets and a base URL that only respx answers, never a reachable host.
+    test_settings: ClassVar[dict[str, str | list[str]]] = {}
 
     # -- webhooks --------------------------------------------------------------------------------
     @abstractmethod
@@ -320,8 +349,50 @@ class Gateway(ABC):
         """Setting name -> the modes of the keys it lists, for the mixed test/live keys system check."""
         return {}
 
+    # -- recorded examples, for the contract suite (payment/tests/test_gateway_contract.py) ---------------
+    def example_verify_answer(self, *, reference: str, transaction_id: str, amount: int,
+                              currency: str) -> RecordedAnswer:
+        """The verify API's answer for a paid charge, as `verify_transaction(reference=, gateway_transaction_id=)`
+        fetches it: the suite expects reference, transaction id, amount, currency and outcome success back."""
+        raise NotImplementedError(f"{type(self).__name__} records no verify answer (docs/adding-a-gateway.md)")
+
+    def example_refund_answer(self, *, reference: str, transaction_id: str, amount: int,
+                              currency: str) -> RecordedAnswer:
+        """The refund API's answer to `refund(...)` of `amount`: the suite expects an id, that amount and currency."""
+        raise NotImplementedError(f"{type(self).__name__} records no refund answer (docs/adding-a-gateway.md)")
+
+    def example_callback_query(self, *, reference: str, transaction_id: str) -> dict[str, str]:
+        """The query string the gateway appends when it sends the customer back (`callback_reference` reads it)."""
+        raise NotImplementedError(f"{type(self).__name__} records no callback query (docs/adding-a-gateway.md)")
+
+    # -- the gateway's own settings ------------------------------------------------------------------
+    def setting(self, name: str, default: Any = "") -> Any:
+        """One of this gateway's settings: Payshift's table (payment/conf.py) for the names it holds, else the
+        Django setting, else the environment variable, else `default`.
+
+        A gateway outside payment/gateways/ (PAYSHIFT_GATEWAY_MODULES) brings its own setting names; read
+        here, they need no line in payment/conf.py. Read on every call: tests and key rotation change them.
+        """
+        if name in app_settings.names():
+            return getattr(app_settings, name)
+        if hasattr(settings, name):
+            return getattr(settings, name)
+        return os.environ.get(name, default)
+
+    def setting_list(self, name: str) -> list[str]:
+        """A setting that holds keys: one string, a comma list or a list (rotation), blanks dropped."""
+        value = self.setting(name, [])
+        parts = value.split(",") if isinstance(value, str) else value or []
+        return [str(part).strip() for part in parts if str(part).strip()]
+
     # -- shared HTTP plumbing ----------------------------------------------------------------------
     base_url_setting: ClassVar[str]
+    #: The real API's root, for a gateway whose base URL setting payment/conf.py does not hold.
+    base_url_default: ClassVar[str] = ""
+
+    def base_url(self) -> str:
+        """The configured root of the gateway's API, with one trailing slash."""
+        return str(self.setting(self.base_url_setting, self.base_url_default)).rstrip("/") + "/"
 
     def api_key(self) -> str:
         raise NotImplementedError
@@ -334,7 +405,7 @@ class Gateway(ABC):
                 app_settings.PAYSHIFT_HTTP_READ_TIMEOUT, connect=app_settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT
             )
             client = httpx.Client(
-                base_url=getattr(app_settings, self.base_url_setting).rstrip("/") + "/",
+                base_url=self.base_url(),
                 timeout=timeout,
                 headers={"User-Agent": "payshift/0.1"},
             )

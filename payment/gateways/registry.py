@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import threading
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from payment.conf import app_settings
 
@@ -12,8 +16,10 @@ from .base import Gateway
 
 _classes: dict[str, type[Gateway]] = {}
 _instances: dict[str, Gateway] = {}
-_lock = threading.Lock()
-_state = {"discovered": False}
+_lock = threading.RLock()
+# Packages already imported (built-in folders, then each PAYSHIFT_GATEWAY_MODULES entry as first seen).
+_imported: set[str] = set()
+_built_in: list[str] = []
 
 
 class UnknownGatewayError(LookupError):
@@ -22,33 +28,71 @@ class UnknownGatewayError(LookupError):
 
 def register(cls: type[Gateway]) -> type[Gateway]:
     """Class decorator used by each gateway module: adding a gateway never edits core code."""
+    existing = _classes.get(cls.name)
+    if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+        # The URL, the stored rows and the metrics all key on the name: a second gateway under it would
+        # silently take over the first one's webhooks.
+        raise ImproperlyConfigured(f"two gateways are named {cls.name!r}: {existing.__module__}.{existing.__qualname__}"
+                                   f" and {cls.__module__}.{cls.__qualname__}")
     _classes[cls.name] = cls
     return cls
 
 
-def _discover() -> None:
-    if _state["discovered"]:
-        return
-    with _lock:
-        if _state["discovered"]:
-            return
-        import payment.gateways as package
+def _in_package(cls: type[Gateway], package: str) -> bool:
+    return cls.__module__ == package or cls.__module__.startswith(f"{package}.")
 
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.ispkg:
-                importlib.import_module(f"{package.__name__}.{info.name}")
-        _state["discovered"] = True
+
+def _import(package: str, setting: str) -> None:
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{setting}: cannot import {package!r}: {exc}") from exc
+    if not any(_in_package(cls, package) for cls in _classes.values()):
+        raise ImproperlyConfigured(f"{setting}: {package!r} registers no gateway (a class decorated with "
+                                   "payment.gateways.registry.register; docs/adding-a-gateway.md)")
+    _imported.add(package)
+
+
+def _extra_packages() -> list[str]:
+    if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        # Tooling that runs with no Django settings at all (the dev stack's demo environment): the
+        # environment is the only place the setting can be then.
+        return [p.strip() for p in os.environ.get("PAYSHIFT_GATEWAY_MODULES", "").split(",") if p.strip()]
+    return app_settings.PAYSHIFT_GATEWAY_MODULES
+
+
+def _packages() -> list[str]:
+    """Every folder under payment/gateways/, then the packages PAYSHIFT_GATEWAY_MODULES names, imported."""
+    extra = _extra_packages()
+    if _built_in and all(package in _imported for package in extra):
+        return [*_built_in, *extra]
+    with _lock:
+        if not _built_in:
+            import payment.gateways as folder
+
+            found = [f"{folder.__name__}.{info.name}" for info in pkgutil.iter_modules(folder.__path__) if info.ispkg]
+            for package in found:
+                _import(package, "payment/gateways/")
+            _built_in.extend(found)
+        for package in extra:
+            if package not in _imported:
+                _import(package, "PAYSHIFT_GATEWAY_MODULES")
+    return [*_built_in, *extra]
+
+
+def _loaded() -> dict[str, type[Gateway]]:
+    """The registered classes of the packages configured now (a module dropped from the setting drops out)."""
+    packages = _packages()
+    return {name: cls for name, cls in _classes.items() if any(_in_package(cls, p) for p in packages)}
 
 
 def gateway_names() -> list[str]:
     """Enabled gateways, in a stable order."""
-    _discover()
     enabled = app_settings.PAYSHIFT_ENABLED_GATEWAYS
-    return sorted(n for n in _classes if enabled is None or n in enabled)
+    return sorted(n for n in _loaded() if enabled is None or n in enabled)
 
 
 def gateway_get(name: str) -> Gateway:
-    _discover()
     if name not in gateway_names():
         raise UnknownGatewayError(name)
     instance = _instances.get(name)
@@ -69,8 +113,7 @@ def registry_reset() -> None:
 
 def gateway_classes() -> dict[str, type[Gateway]]:
     """Every registered gateway class by name, enabled or not (tooling: dev stack, bench, contract suite)."""
-    _discover()
-    return dict(sorted(_classes.items()))
+    return dict(sorted(_loaded().items()))
 
 
 def demo_environment(sandbox_url: str) -> dict[str, str]:

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import os
+import pkgutil
 import socket
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
+import payment.tests.gateways as test_gateway_folder
 import payshift.celery  # noqa: F401  (the demo project's Celery app, current as in its web process)
 from payment.gateways.base import json_dumps
-from payment.gateways.registry import gateway_get, registry_reset
+from payment.gateways.flutterwave import FlutterwaveGateway
+from payment.gateways.paystack import PaystackGateway
+from payment.gateways.registry import gateway_classes, gateway_get, registry_reset
 from payment.queueing import circuit
 
 CI = os.environ.get("CI", "").lower() == "true"
 
-PAYSTACK_KEY = "sk_test_unit_0123456789abcdef"
-PAYSTACK_OLD_KEY = "sk_test_unit_old_key_rotated"
-FLW_KEY = "FLWSECK_TEST-unit-0123456789-X"
-FLW_HASH = "unit-webhook-hash"
-PAYSTACK_API = "https://api.paystack.test"
-FLW_API = "https://api.flutterwave.test/v3"
+# The test-only gateways (payment/tests/gateways/<name>/), loaded by the `with_test_gateways` fixture.
+TEST_GATEWAY_MODULES = tuple(f"{test_gateway_folder.__name__}.{info.name}"
+                             for info in pkgutil.iter_modules(test_gateway_folder.__path__) if info.ispkg)
+
+# Names for the tests about one gateway; the values are the classes' own `test_settings`.
+PAYSTACK_KEY, PAYSTACK_OLD_KEY = PaystackGateway.test_settings["PAYSTACK_SECRET_KEY"]
+(FLW_KEY,) = FlutterwaveGateway.test_settings["FLUTTERWAVE_SECRET_KEY"]
+(FLW_HASH,) = FlutterwaveGateway.test_settings["FLUTTERWAVE_WEBHOOK_HASH"]
+PAYSTACK_API = str(PaystackGateway.test_settings["PAYSTACK_BASE_URL"])
+FLW_API = str(FlutterwaveGateway.test_settings["FLUTTERWAVE_BASE_URL"])
 
 
 def service_missing(what: str) -> None:
@@ -72,20 +80,38 @@ def use_broker(url: str) -> None:
     circuit.reset()
 
 
+def gateway_test_settings_apply(settings: Any) -> None:
+    """Give every loaded gateway the settings its class declares for tests (`test_settings`)."""
+    for cls in gateway_classes().values():
+        for name, value in cls.test_settings.items():
+            setattr(settings, name, list(value) if isinstance(value, list) else value)
+    registry_reset()
+
+
+def contract_gateway_names() -> list[str]:
+    """Every gateway the registry finds, the test-only ones included: what the contract suite runs over."""
+    with override_settings(PAYSHIFT_GATEWAY_MODULES=list(TEST_GATEWAY_MODULES)):
+        return list(gateway_classes())
+
+
 @pytest.fixture(autouse=True)
 def gateway_settings(settings: Any) -> Iterator[Any]:
-    settings.PAYSTACK_SECRET_KEY = [PAYSTACK_KEY, PAYSTACK_OLD_KEY]
-    settings.PAYSTACK_BASE_URL = PAYSTACK_API
-    settings.FLUTTERWAVE_SECRET_KEY = [FLW_KEY]
-    settings.FLUTTERWAVE_WEBHOOK_HASH = [FLW_HASH]
-    settings.FLUTTERWAVE_BASE_URL = FLW_API
+    gateway_test_settings_apply(settings)
     settings.PAYSHIFT_NOTIFICATION_CHANNELS = ["payment.notifications.EmailChannel"]
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    registry_reset()
     circuit.reset()
     yield settings
     registry_reset()
     circuit.reset()
+
+
+@pytest.fixture
+def with_test_gateways(gateway_settings: Any) -> Any:
+    """Load the test-only gateways too (payment/tests/gateways/, through PAYSHIFT_GATEWAY_MODULES), configured
+    from their classes like the others."""
+    gateway_settings.PAYSHIFT_GATEWAY_MODULES = list(TEST_GATEWAY_MODULES)
+    gateway_test_settings_apply(gateway_settings)
+    return gateway_settings
 
 
 def signed_post(client: Client, gateway: str, payload: Any, *, headers: dict[str, str] | None = None,
@@ -99,16 +125,16 @@ def signed_post(client: Client, gateway: str, payload: Any, *, headers: dict[str
 
 def paystack_charge(reference: str, *, amount: int = 500000, currency: str = "NGN", tx_id: int = 1001,
                     status: str = "success", domain: str = "test") -> dict[str, Any]:
-    return gateway_get("paystack").build_test_webhook(
-        event="charge.success", reference=reference, transaction_id=str(tx_id), status=status, amount=amount,
-        currency=currency, mode=domain, email="ada@example.com")
+    return gateway_get(PaystackGateway.name).build_test_webhook(
+        event=PaystackGateway.charge_event, reference=reference, transaction_id=str(tx_id), status=status,
+        amount=amount, currency=currency, mode=domain, email="ada@example.com")
 
 
 def flutterwave_charge(reference: str, *, amount: int = 500000, currency: str = "NGN", tx_id: int = 2001,
                        status: str = "successful") -> dict[str, Any]:
-    return gateway_get("flutterwave").build_test_webhook(
-        event="charge.completed", reference=reference, transaction_id=str(tx_id), status=status, amount=amount,
-        currency=currency, mode="test", email="ada@example.com")
+    return gateway_get(FlutterwaveGateway.name).build_test_webhook(
+        event=FlutterwaveGateway.charge_event, reference=reference, transaction_id=str(tx_id), status=status,
+        amount=amount, currency=currency, mode="test", email="ada@example.com")
 
 
 def paystack_verify_answer(reference: str, *, amount: int = 500000, currency: str = "NGN", status: str = "success",

@@ -133,6 +133,26 @@ _PARSERS = {
 }
 
 
+def _refund_webhook(event: str, *, transaction_id: str, major: object, now: str) -> dict[str, Any]:
+    """A refund event as Flutterwave sends it: the refund object, which names the charge by id only (no
+    tx_ref, no currency; payment/tests/payloads/flutterwave/refund_completed.json)."""
+    if _PARSERS.get(event) is not _refund_event:
+        raise base.UnbuildableEventError(
+            f"flutterwave sends no {event}; its refund events: "
+            f"{', '.join(e for e, parser in _PARSERS.items() if parser is _refund_event)}")
+    charge_id = int(transaction_id) if transaction_id.isdigit() else transaction_id
+    # A refund id of its own, stable per charge: a resend of the test event stays a duplicate.
+    refund_id = int(hashlib.sha256(f"refund:{transaction_id}".encode()).hexdigest()[:8], 16)
+    return {
+        "event": event,
+        "data": {
+            "id": refund_id, "account_id": 17321, "tx_id": charge_id, "flw_ref": f"URF_{transaction_id}",
+            "wallet_id": 74639, "amount_refunded": major, "status": event.removeprefix("refund."),
+            "destination": "payment_source", "meta": {"source": "availablebalance"}, "created_at": now,
+        },
+    }
+
+
 @register
 class FlutterwaveGateway(base.Gateway):
     name = "flutterwave"
@@ -146,6 +166,12 @@ class FlutterwaveGateway(base.Gateway):
                      "FLUTTERWAVE_PUBLIC_KEY": "FLWPUBK_TEST-payshiftdemo-X",
                      "FLUTTERWAVE_WEBHOOK_HASH": "payshift-demo-webhook-hash"}
     sandbox_path = "flutterwave/v3"
+    refund_event = "refund.completed"
+    # verif-hash is the dashboard secret itself (see verify_signature).
+    body_signed = False
+    test_settings = {"FLUTTERWAVE_SECRET_KEY": ["FLWSECK_TEST-unit-0123456789-X"],
+                     "FLUTTERWAVE_WEBHOOK_HASH": ["unit-webhook-hash"],
+                     "FLUTTERWAVE_BASE_URL": "https://api.flutterwave.test/v3"}
 
     def webhook_secrets(self) -> list[str]:
         return [s for s in app_settings.FLUTTERWAVE_WEBHOOK_HASH if s]
@@ -207,6 +233,8 @@ class FlutterwaveGateway(base.Gateway):
         major = minor_to_major(amount, currency)
         flw_status = {"success": "successful"}.get(status, status)
         now = timezone.now().isoformat().replace("+00:00", "Z")
+        if event.startswith("refund."):
+            return _refund_webhook(event, transaction_id=transaction_id, major=major, now=now)
         return {
             "event": event,
             "data": {
@@ -346,3 +374,32 @@ class FlutterwaveGateway(base.Gateway):
 
     def callback_reference(self, query: Mapping[str, str]) -> tuple[str, str]:
         return (query.get("tx_ref") or "")[:100], (query.get("transaction_id") or "")[:64]
+
+    # -- recorded examples (the shapes of Flutterwave's documented v3 answers) -----------------------------
+    def example_verify_answer(self, *, reference: str, transaction_id: str, amount: int,
+                              currency: str) -> base.RecordedAnswer:
+        major = minor_to_major(amount, currency)
+        path = f"transactions/{quote(transaction_id, safe='')}/verify"
+        return base.RecordedAnswer("GET", f"{self.base_url()}{path}", {
+            "status": "success", "message": "Transaction fetched successfully", "data": {
+                "id": int(transaction_id), "tx_ref": reference, "flw_ref": "FLW-MOCK-1", "device_fingerprint": "N/A",
+                "amount": major, "currency": currency, "charged_amount": major, "app_fee": 0, "merchant_fee": 0,
+                "processor_response": "Approved. Successful", "auth_model": "PIN", "ip": "41.58.0.1",
+                "narration": "CARD Transaction ", "status": "successful", "payment_type": "card",
+                "created_at": "2026-11-26T05:00:00.000Z", "account_id": 17321, "amount_settled": major,
+                "card": {"first_6digits": "553188", "last_4digits": "2950", "issuer": "MASTERCARD",
+                         "type": "MASTERCARD", "expiry": "09/32"},
+                "meta": None, "customer": {"id": 215604089, "name": "Ada Obi", "email": "ada@example.com"}}})
+
+    def example_refund_answer(self, *, reference: str, transaction_id: str, amount: int,
+                              currency: str) -> base.RecordedAnswer:
+        path = f"transactions/{quote(transaction_id, safe='')}/refund"
+        return base.RecordedAnswer("POST", f"{self.base_url()}{path}", {
+            "status": "success", "message": "Transaction refund initiated", "data": {
+                "id": 75923, "account_id": 73362, "tx_id": int(transaction_id), "flw_ref": "URF_1577867664541_3572735",
+                "wallet_id": 74639, "amount_refunded": minor_to_major(amount, currency), "status": "completed",
+                "destination": "payment_source", "meta": {"source": "availablebalance"},
+                "created_at": "2021-01-24T09:18:37.366Z"}})
+
+    def example_callback_query(self, *, reference: str, transaction_id: str) -> dict[str, str]:
+        return {"status": "successful", "tx_ref": reference, "transaction_id": transaction_id}

@@ -170,6 +170,10 @@ class PaystackGateway(base.Gateway):
     demo_settings = {"PAYSTACK_SECRET_KEY": "sk_test_payshift_demo_do_not_use_in_production",
                      "PAYSTACK_PUBLIC_KEY": "pk_test_payshift_demo"}
     sandbox_path = "paystack"
+    refund_event = "refund.processed"
+    # Two keys: the suite's rotation tests sign with the first and verify with either.
+    test_settings = {"PAYSTACK_SECRET_KEY": ["sk_test_unit_0123456789abcdef", "sk_test_unit_old_key_rotated"],
+                     "PAYSTACK_BASE_URL": "https://api.paystack.test"}
 
     def webhook_secrets(self) -> list[str]:
         # There is no separate webhook secret: the API secret key signs.
@@ -219,6 +223,9 @@ class PaystackGateway(base.Gateway):
     def build_test_webhook(self, *, event: str, reference: str, transaction_id: str, status: str,
                            amount: int, currency: str, mode: str, email: str) -> dict[str, Any]:
         now = timezone.now().isoformat().replace("+00:00", "Z")
+        if event.startswith("refund.") and event not in _PARSERS:
+            known = ", ".join(e for e in _PARSERS if e.startswith("refund."))
+            raise base.UnbuildableEventError(f"paystack sends no {event}; its refund events: {known}")
         if event.startswith("refund."):
             return {
                 "event": event,
@@ -364,3 +371,32 @@ class PaystackGateway(base.Gateway):
 
     def callback_reference(self, query: Mapping[str, str]) -> tuple[str, str]:
         return (query.get("reference") or query.get("trxref") or "")[:100], ""
+
+    # -- recorded examples (the shapes of Paystack's documented answers) ----------------------------------
+    def example_verify_answer(self, *, reference: str, transaction_id: str, amount: int,
+                              currency: str) -> base.RecordedAnswer:
+        return base.RecordedAnswer("GET", f"{self.base_url()}transaction/verify/{quote(reference, safe='')}", {
+            "status": True, "message": "Verification successful", "data": {
+                "id": int(transaction_id), "domain": "test", "status": "success", "reference": reference,
+                "receipt_number": None, "amount": amount, "message": None, "gateway_response": "Successful",
+                "paid_at": "2024-08-22T09:15:02.000Z", "created_at": "2024-08-22T09:14:24.000Z", "channel": "card",
+                "currency": currency, "ip_address": "197.210.54.33", "metadata": "", "fees": 10283,
+                "authorization": {"authorization_code": "AUTH_uh8bcl3zbn", "bin": "408408", "last4": "4081",
+                                  "exp_month": "12", "exp_year": "2030", "channel": "card", "reusable": True},
+                "customer": {"id": 181873746, "email": "demo@test.com", "customer_code": "CUS_1rkzaqsv4rrhqo6"},
+                "requested_amount": amount, "paidAt": "2024-08-22T09:15:02.000Z"}})
+
+    def example_refund_answer(self, *, reference: str, transaction_id: str, amount: int,
+                              currency: str) -> base.RecordedAnswer:
+        return base.RecordedAnswer("POST", f"{self.base_url()}refund", {
+            "status": True, "message": "Refund has been queued for processing", "data": {
+                "transaction": {"id": int(transaction_id), "domain": "test", "reference": reference,
+                                "amount": amount, "currency": currency, "channel": "card"},
+                "integration": 412829, "deducted_amount": 0, "channel": None, "status": "pending",
+                "merchant_note": f"Refund for transaction {reference}", "refunded_by": "test@me.com",
+                "currency": currency, "domain": "test", "amount": amount, "fully_deducted": False,
+                "id": 3018284, "createdAt": "2021-12-07T09:21:17.122Z"}})
+
+    def example_callback_query(self, *, reference: str, transaction_id: str) -> dict[str, str]:
+        # Paystack appends both names for the one reference, and no transaction id.
+        return {"trxref": reference, "reference": reference}

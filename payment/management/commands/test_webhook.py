@@ -1,4 +1,4 @@
-"""`test_webhook --payment-method=paystack|flutterwave`: simulate a gateway callback against a running server.
+"""`test_webhook --payment-method=<gateway>`: simulate a gateway callback against a running server.
 
 It plays the gateway: makes (or reuses) a pending payment, tells the sandbox what the customer paid (so the
 verify API agrees), builds the gateway's own payload, signs it with the configured secret exactly as the
@@ -18,7 +18,7 @@ import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from payment.conf import app_settings
-from payment.gateways.base import GatewayError, json_dumps
+from payment.gateways.base import GatewayError, UnbuildableEventError, json_dumps
 from payment.gateways.registry import UnknownGatewayError, gateway_get, gateway_names
 from payment.models import Mode, Payment, PaymentStatus, WebhookEvent
 
@@ -65,6 +65,13 @@ class Command(BaseCommand):
             raise CommandError(f"{gateway.secret_setting} is not set: there is no secret to sign with")
         if opts["count"] < 1 or opts["duplicate"] < 0 or opts["concurrency"] < 1:
             raise CommandError("--count and --concurrency must be >= 1, --duplicate >= 0")
+        try:
+            # Asked before anything is made: no payment row or sandbox transaction for an event never sent.
+            gateway.build_test_webhook(event=opts["event"] or gateway.charge_event, reference="TW-check",
+                                       transaction_id="1", status=opts["status"], amount=opts["amount"],
+                                       currency=opts["currency"].upper(), mode="test", email="test-webhook@example.com")
+        except UnbuildableEventError as exc:
+            raise CommandError(str(exc)) from None
         url = opts["url"].rstrip("/") + f"/payment/webhooks/{name}/"
         try:
             httpx.get(opts["url"].rstrip("/") + "/healthz", timeout=5.0)
