@@ -38,7 +38,7 @@ def payshift_checks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                                   hint="Rotate within one mode: every key of a gateway is test, or every key is live.",
                                   id="payshift.E008"))
         if production:
-            base_url = getattr(app_settings, gateway.base_url_setting, "")
+            base_url = gateway.base_url()  # every gateway, those loaded from PAYSHIFT_GATEWAY_MODULES too
             if any(host in base_url for host in SANDBOX_HOSTS):
                 messages.append(Error(f"{gateway.base_url_setting} points at a local sandbox in production.",
                                       hint="Unset it to use the real gateway.", id="payshift.E002"))
