@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
 from django.db.models import Model
 from django.http import HttpRequest
 
@@ -114,8 +115,6 @@ def payment_get(reference: str) -> PaymentView:
 
 def payments_for(order: Model) -> list[PaymentView]:
     """Every payment started for `order`, oldest first (a customer may try twice)."""
-    from django.contrib.contenttypes.models import ContentType
-
     found = Payment.objects.filter(order_type=ContentType.objects.get_for_model(order), order_id=str(order.pk))
     return [_view(p) for p in found.order_by("created_at", "pk")]
 

@@ -12,4 +12,4 @@ class PaymentConfig(AppConfig):
         # Importing registers: the system checks, and the receiver that adds Payshift's periodic tasks to
         # whichever beat starts. Nothing here touches a Celery app (asking for one before the project's app
         # exists would leave Celery's unconfigured fallback as the app of every other thread).
-        from . import checks, periodic  # noqa: F401
+        from . import checks, periodic  # noqa: F401, PLC0415  (Django: registration belongs in ready())

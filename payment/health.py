@@ -13,6 +13,7 @@ from django.utils import timezone
 from . import metrics
 from .conf import app_settings
 from .models import EVENT_UNFINISHED, Heartbeat, Payment, PaymentStatus, WebhookEvent
+from .queueing import broker_reachable, circuit
 from .selectors import inbox_summary
 
 UNFINISHED = sorted(EVENT_UNFINISHED)
@@ -56,7 +57,6 @@ def _broker_state() -> dict[str, Any]:
     """One bounded round trip; none while the publish circuit is open. A probe that waited out kombu's retry
     interval (2 s) or a socket with no timeout would fail the load balancer's own probe timeout and hold a
     web thread while the broker is dead (payment/tests/test_queueing.py)."""
-    from .queueing import broker_reachable, circuit
 
     transport = (current_app.conf.broker_url or "").split("://", 1)[0]
     if circuit.is_open():

@@ -8,6 +8,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q
 
+from .money import minor_to_major
+
 
 class PaymentStatus(models.TextChoices):
     PENDING = "pending"
@@ -88,8 +90,6 @@ class Payment(models.Model):
     @property
     def amount_display(self) -> str:
         """"1500.50 NGN": for people; the stored amount stays integer minor units."""
-        from .money import minor_to_major
-
         return f"{minor_to_major(self.amount, self.currency)} {self.currency}"
 
     @property

@@ -8,6 +8,7 @@ from typing import Protocol
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db.models import F
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from payment.conf import app_settings
@@ -72,7 +73,6 @@ def notification_deliver(notification: Notification) -> None:
             errors.append(f"{type(channel).__name__}: {exc}")
             logger.warning("notification delivery failed", extra={"notification_id": notification.pk,
                                                                   "kind": notification.kind, "error": str(exc)})
-    from django.utils import timezone
 
     Notification.objects.filter(pk=notification.pk).update(
         delivered_at=None if errors else timezone.now(), delivery_error="; ".join(errors)[:1000]

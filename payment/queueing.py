@@ -171,7 +171,8 @@ def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
 
 
 def _django_q_enqueue(func: str, *args: Any, **options: Any) -> bool:
-    from django_q.tasks import async_task
+    # django_q's modules load its models, so they need the app registry ready; this module is imported earlier.
+    from django_q.tasks import async_task  # noqa: PLC0415
 
     try:
         async_task(func, *args, **options)
@@ -218,7 +219,7 @@ def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: fl
     if delay_seconds <= 0:
         return _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", *args,
                                  task_name=f"event-{event_id}-q{attempt}" + (f"-db{db_attempt}" if db_attempt else ""))
-    from django_q.models import Schedule
+    from django_q.models import Schedule  # noqa: PLC0415  (needs the app registry ready: see _django_q_enqueue)
 
     try:
         Schedule.objects.create(

@@ -14,6 +14,8 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import REGISTRY as default_registry
 
 from payment.conf import app_settings
 
@@ -153,8 +155,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition, guarded by PAYSHIFT_METRICS_TOKEN (Bearer) or a staff session."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-    from prometheus_client import REGISTRY as default_registry
 
     token = app_settings.PAYSHIFT_METRICS_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

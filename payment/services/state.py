@@ -114,7 +114,7 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     if to_status in CHARGE_SETTLED and from_status not in CHARGE_SETTLED:
         payment_id = payment.pk
         # Refunds build on this module (they move payments): importing them here breaks that cycle.
-        from .refunds import refund_events_release
+        from .refunds import refund_events_release  # noqa: PLC0415
 
         transaction.on_commit(lambda: refund_events_release(payment_id))
     return transition
