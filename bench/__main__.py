@@ -36,6 +36,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _db_name(stem: str, args: argparse.Namespace) -> str:
+    """One database per run size and port range: two runs on one PostgreSQL server (other --base-port) never
+    share or drop each other's database."""
+    name = stem + ("_smoke" if args.smoke else "")
+    return name if args.base_port == 18479 else f"{name}_{args.base_port}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true",
@@ -75,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="payshift-bench-scratch-"))
     base = args.base_port
     stack = Stack(workdir=scratch, ports=Ports(redis=base, web=base + 1, peer=base + 2, sandbox=base + 3),
-                  db_name="payshift_bench_smoke" if args.smoke else "payshift_bench",
-                  peer_db_name="payshift_bench_peer_smoke" if args.smoke else "payshift_bench_peer")
+                  db_name=_db_name("payshift_bench", args), peer_db_name=_db_name("payshift_bench_peer", args))
     # The driver itself talks to the same database and broker as the stack (to seed and to read timings).
     os.environ.update(stack.env)
     signal.signal(signal.SIGTERM, _interrupted)
