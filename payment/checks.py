@@ -10,6 +10,7 @@ from django.core.checks import Error, Warning, register
 from kombu.utils.url import url_to_parts
 
 from payment.conf import app_settings
+from payment.outbox import RELAY_MODES
 
 from .gateways.registry import gateway_get, gateway_names
 
@@ -49,6 +50,10 @@ def payshift_checks(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         messages.append(Error("PAYSHIFT_DEMO_PAGES is on in production: anyone can start payments from the demo form.",
                               hint="Unset PAYSHIFT_DEMO_PAGES; only the local demo stack needs it.",
                               id="payshift.E009"))
+    if app_settings.PAYSHIFT_OUTBOX_RELAY not in RELAY_MODES:
+        messages.append(Error(f"PAYSHIFT_OUTBOX_RELAY is {app_settings.PAYSHIFT_OUTBOX_RELAY!r}.",
+                              hint=f"Use one of {', '.join(sorted(RELAY_MODES))} (docs/configuration.md).",
+                              id="payshift.E010"))
     if production and settings.DEBUG:
         messages.append(Error("DEBUG is on in production.", hint="Set DJANGO_DEBUG=false.", id="payshift.E004"))
     broker_url = current_app.conf.broker_url or ""

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 
 def _as_list(value: Any) -> list[str]:
@@ -68,6 +69,8 @@ _SETTINGS: dict[str, _Setting] = {
     "PAYSHIFT_TRUSTED_PROXIES": _Setting([], _as_list),
     "PAYSHIFT_BROKER_PUBLISH_TIMEOUT": _Setting(1.0, float),
     "PAYSHIFT_BROKER_CIRCUIT_SECONDS": _Setting(5.0, float),
+    "PAYSHIFT_OUTBOX_RELAY": _Setting("thread", str),
+    "PAYSHIFT_OUTBOX_BATCH_SIZE": _Setting(20, int),
     # Processing
     "PAYSHIFT_HTTP_CONNECT_TIMEOUT": _Setting(5.0, float),
     "PAYSHIFT_HTTP_READ_TIMEOUT": _Setting(30.0, float),
@@ -122,6 +125,8 @@ class AppSettings:
     PAYSHIFT_TRUSTED_PROXIES: list[str]
     PAYSHIFT_BROKER_PUBLISH_TIMEOUT: float
     PAYSHIFT_BROKER_CIRCUIT_SECONDS: float
+    PAYSHIFT_OUTBOX_RELAY: str
+    PAYSHIFT_OUTBOX_BATCH_SIZE: int
     PAYSHIFT_HTTP_CONNECT_TIMEOUT: float
     PAYSHIFT_HTTP_READ_TIMEOUT: float
     PAYSHIFT_CELERY_MAX_RETRIES: int
@@ -155,17 +160,28 @@ class AppSettings:
         spec = _SETTINGS.get(name)
         if spec is None:
             raise AttributeError(f"{name} is not a Payshift setting")
-        # Read on every access, not cached: tests and key rotation change settings at run time.
-        if hasattr(settings, name):
-            value = getattr(settings, name)
-        elif name in os.environ:
-            value = os.environ[name]
+        # Tests and key rotation change settings at run time, so a value is kept only while the Django
+        # settings are the same object (override_settings swaps it) unchanged (setting_changed) and its
+        # environment variable too; the webhook path reads about ten settings per request (bench/FINDINGS.md).
+        from_env = os.environ.get(name)
+        holder = getattr(settings, "_wrapped", None)
+        cached = _cache.get(name)
+        if cached is not None and cached[0] is holder and cached[1] == _generation[0] and cached[2] == from_env:
+            value = cached[3]
         else:
-            value = spec.default  # cast too: a fresh list each time, never a shared default
-        try:
-            return spec.cast(value)
-        except (TypeError, ValueError) as exc:
-            raise ImproperlyConfigured(f"{name}: {exc}") from exc
+            if hasattr(settings, name):
+                value = getattr(settings, name)
+            elif from_env is not None:
+                value = from_env
+            else:
+                value = spec.default
+            try:
+                value = spec.cast(value)
+            except (TypeError, ValueError) as exc:
+                raise ImproperlyConfigured(f"{name}: {exc}") from exc
+            _cache[name] = (holder, _generation[0], from_env, value)
+        # A fresh list each time: a caller that changes it never changes the setting.
+        return list(value) if isinstance(value, list) else value
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Settings are changed where they live (Django settings, the environment), never on this reader.
@@ -177,6 +193,15 @@ class AppSettings:
         return list(_SETTINGS)
 
 
+_cache: dict[str, tuple[object, int, str | None, Any]] = {}
+_generation = [0]
+
+
+def _settings_changed(**kwargs: Any) -> None:
+    _generation[0] += 1
+
+
+setting_changed.connect(_settings_changed)
 app_settings = AppSettings()
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -207,6 +208,44 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
     metrics.EVENTS_DISPATCHED.labels("sweep" if path == "sweep" else taken).inc()
     logger.info("webhook dispatched", extra={**fields, "queue": taken})
     return taken
+
+
+def events_dispatch(event_ids: Sequence[int]) -> str:
+    """Publish events the webhook view stored (`received`), for the outbox relay: one Celery message for the
+    batch (a batch of one is the plain process_payment_webhook message), else each to Django Q; then mark
+    what a queue took `queued`. Returns "celery", "django_q", "none" or "partial".
+
+    Publish first, mark after: a relay that dies in between leaves `received` rows that the sweep publishes
+    again (processing is idempotent), never a `queued` row that no broker holds. The mark only moves rows
+    still `received`, so a worker that claimed one already keeps it."""
+    ids = [int(i) for i in event_ids]
+    if not ids:
+        return "none"
+    taken: list[int] = []
+    queue = "none"
+    if _celery_publish("process_payment_webhook", ids[0]) if len(ids) == 1 else \
+            _celery_publish("process_payment_webhooks", ids):
+        taken, queue = ids, "celery"
+    else:
+        taken = [i for i in ids if _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", i,
+                                                     task_name=f"event-{i}")]
+        queue = "django_q" if len(taken) == len(ids) else ("partial" if taken else "none")
+    now = timezone.now()
+    if taken:
+        WebhookEvent.objects.filter(pk__in=taken, status=EventStatus.RECEIVED).update(
+            status=EventStatus.QUEUED, updated_at=now)
+        metrics.EVENTS_DISPATCHED.labels("celery" if queue == "celery" else "django_q").inc(len(taken))
+    taken_set = set(taken)
+    left = [i for i in ids if i not in taken_set]
+    if left:
+        # Nothing took these: the rows stay `received` and the periodic sweep retries them.
+        WebhookEvent.objects.filter(pk__in=left, status=EventStatus.RECEIVED).update(
+            last_error="no queue reachable at dispatch", updated_at=now)
+        logger.error("webhooks not dispatched", extra={"event_ids": left, "path": "ingest"})
+    if taken:
+        # One line per batch; each event's own line is "webhook received" (payment.services).
+        logger.info("webhooks dispatched", extra={"event_ids": taken, "queue": queue, "path": "ingest"})
+    return queue
 
 
 def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: float = 0.0, retake: str = "",

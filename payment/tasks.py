@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from django.utils import timezone
@@ -24,6 +25,45 @@ logger = logging.getLogger("payment.tasks")
 
 @shared_task(name="process_payment_webhook", bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
 def process_payment_webhook(self: Task[Any, Any], event_id: int, retake: str = "") -> str:
+    def again(kwargs: dict[str, Any], countdown: float, exc: Exception) -> NoReturn:
+        raise self.retry(args=(event_id,), kwargs=kwargs, exc=exc, countdown=countdown) from exc
+
+    return _webhook_attempt(event_id, retake=retake, retries_done=self.request.retries, again=again)
+
+
+@shared_task(name="process_payment_webhooks", acks_late=True, reject_on_worker_lost=True)
+def process_payment_webhooks(event_ids: list[int]) -> dict[str, str]:
+    """A batch the outbox relay published as one message (payment/outbox.py). Each event is processed as
+    process_payment_webhook would; one that needs a retry goes on as its own process_payment_webhook message,
+    with that task's retry schedule, so it never holds back the rest. A worker killed mid-batch has the whole
+    message redelivered (acks_late): the events it finished are no-ops the second time."""
+    results: dict[str, str] = {}
+    for event_id in event_ids:
+        def again(kwargs: dict[str, Any], countdown: float, exc: Exception, event_id: int = event_id) -> NoReturn:
+            # retries=1: this attempt was the first; the follow-up continues the same schedule. (`retries` is
+            # a send_task option that celery's stub does not list.)
+            try:
+                process_payment_webhook.apply_async(  # type: ignore[call-arg]
+                    args=(event_id,), kwargs=kwargs, countdown=countdown, retries=1)
+            except Exception as publish_error:  # the broker went away too: the rest of the batch still runs
+                logger.error("retry not published; the sweep will retry", extra={
+                    "event_id": event_id, "error": f"{type(publish_error).__name__}: {publish_error}"[:300]})
+            raise _Retried from exc
+
+        try:
+            results[str(event_id)] = _webhook_attempt(event_id, retake="", retries_done=0, again=again)
+        except _Retried:
+            results[str(event_id)] = "retrying"
+    return results
+
+
+class _Retried(Exception):
+    """A batch member handed to its own retry message."""
+
+
+def _webhook_attempt(event_id: int, *, retake: str, retries_done: int,
+                     again: Callable[[dict[str, Any], float, Exception], NoReturn]) -> str:
+    """One attempt at one event, and the retry policy around it; `again` schedules the next attempt."""
     claim = uuid.uuid4().hex
     try:
         return services.webhook_event_process(event_id, via="celery", claim=claim, retake=retake)
@@ -31,13 +71,13 @@ def process_payment_webhook(self: Task[Any, Any], event_id: int, retake: str = "
         # The database went away (restart, failover) mid-task: the row is intact and its claim released, or
         # still held under `claim` where the database refused even that; the retry carries `claim`, so it
         # takes the event at once either way.
-        decision = retries.database_retry(self.request.retries)
+        decision = retries.database_retry(retries_done)
         if decision.action == "give_up":
             logger.error("database retries exhausted; the sweep will retry", extra={"event_id": event_id})
             raise
-        raise self.retry(args=(event_id,), kwargs={"retake": claim}, exc=exc, countdown=decision.delay) from exc
+        again({"retake": claim}, decision.delay, exc)
     except TransientGatewayError as exc:
-        decision = retries.celery_gateway_retry(self.request.retries)
+        decision = retries.celery_gateway_retry(retries_done)
         services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=decision.delay))
         if decision.action == "hand_over":
             if not queueing.event_hand_to_django_q(event_id, attempt=1, delay_seconds=decision.delay):
@@ -45,7 +85,7 @@ def process_payment_webhook(self: Task[Any, Any], event_id: int, retake: str = "
             logger.warning("celery retries exhausted, handed to django q",
                            extra={"event_id": event_id, "delay": round(decision.delay, 1)})
             return "handed_to_django_q"
-        raise self.retry(exc=exc, countdown=decision.delay) from exc
+        again({}, decision.delay, exc)
 
 
 @shared_task(name="check_pending_payments", acks_late=True, reject_on_worker_lost=True)

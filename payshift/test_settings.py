@@ -13,3 +13,7 @@ from payshift.settings import *  # noqa: F403
 
 # Fast password hashing: the suite creates users, it does not test hashing.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Views publish their own event after commit, so a test sees `queued` when the response returns; the relay
+# thread's own behaviour is tested by payment/tests/test_outbox.py, and by the suites that run real servers.
+PAYSHIFT_OUTBOX_RELAY = "inline"

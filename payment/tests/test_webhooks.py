@@ -24,7 +24,8 @@ def test_webhook_paystack_stored_and_answered_200(client: Client) -> None:
     assert response.json() == {"status": "stored"}
     event = WebhookEvent.objects.get()
     assert (event.gateway, event.event, event.reference, event.status, event.kind) == (
-        "paystack", "charge.success", "REF-1", EventStatus.QUEUED, "charge")
+        # Stored as `received`: the outbox relay publishes it once the row is committed (test_outbox.py).
+        "paystack", "charge.success", "REF-1", EventStatus.RECEIVED, "charge")
     assert bytes(event.body) == json_dumps(payload)
     assert event.headers["x-paystack-signature"] == "[redacted]"
     assert event.source_ip == "127.0.0.1"
@@ -134,7 +135,8 @@ def test_webhook_unknown_gateway_404(client: Client) -> None:
 
 
 def test_webhook_database_unavailable_503(client: Client) -> None:
-    with mock.patch.object(WebhookEvent, "save", side_effect=OperationalError("connection refused")):
+    # The INSERT fails on a connection that is still usable: a database error, not a stale connection.
+    with mock.patch("django.db.backends.utils.CursorWrapper.execute", side_effect=OperationalError("disk full")):
         response = signed_post(client, "paystack", paystack_charge("R-DB"))
     assert response.status_code == 503
 

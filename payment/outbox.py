@@ -1,0 +1,127 @@
+"""The outbox relay: events the webhook view stored are published off the request thread, many per message."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+
+from payment.conf import app_settings
+
+from . import queueing
+
+logger = logging.getLogger("payment.outbox")
+
+# The ids waiting in memory are only a hint: every one of them is a committed `received` row, which the
+# periodic sweep publishes on its own after PAYSHIFT_SWEEP_AFTER_SECONDS. So when the relay cannot keep up
+# (a broker and a database both hanging), ids beyond this bound are left to the sweep instead of growing
+# the process without bound.
+MAX_WAITING = 10_000
+
+# PAYSHIFT_OUTBOX_RELAY's values (system check payshift.E010 refuses others).
+RELAY_MODES = frozenset({"thread", "inline"})
+
+
+class Relay:
+    """One per process. The webhook view stores an event as `received` and hands its id here after commit; a
+    background thread publishes what has gathered, so a webhook's answer never waits on a broker, and a
+    burst costs one broker message per batch instead of one per webhook (queueing.events_dispatch).
+
+    Nothing is lost when this process dies with ids in memory: their rows are `received` in the database,
+    and the sweep publishes `received` rows older than PAYSHIFT_SWEEP_AFTER_SECONDS (docs/reliability.md).
+    With PAYSHIFT_OUTBOX_RELAY = "inline" the request thread publishes its own event after commit instead
+    (for servers that run no threads of their own, and for the test suite's deterministic views).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[int] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._overflowed = False
+        self._stopping = False
+
+    def after_fork(self) -> None:
+        # A forked child has no relay thread, and the parent publishes the ids it holds.
+        self._reset()
+
+    def submit(self, event_id: int) -> None:
+        """After the row is committed: publish it now (inline) or soon (the relay thread)."""
+        if app_settings.PAYSHIFT_OUTBOX_RELAY == "inline":
+            queueing.events_dispatch([event_id])
+            return
+        with self._lock:
+            if len(self._waiting) >= MAX_WAITING:
+                if not self._overflowed:
+                    logger.warning("outbox relay behind: events left to the sweep", extra={"waiting": MAX_WAITING})
+                self._overflowed = True
+                return
+            self._waiting.append(event_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="payshift-outbox-relay", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def drain(self) -> int:
+        """Publish every id gathered so far, in batches; returns how many were taken from memory."""
+        with self._lock:
+            ids, self._waiting = self._waiting, []
+            self._overflowed = False
+        for batch in _batches(ids, max(1, app_settings.PAYSHIFT_OUTBOX_BATCH_SIZE)):
+            try:
+                queueing.events_dispatch(batch)
+            except (DatabaseError, InterfaceError) as exc:
+                # Published or not, the rows are still `received`: the sweep takes them. A fresh connection
+                # next time, as Django does for a request after an error.
+                logger.error("outbox relay: database error; the sweep will publish these",
+                             extra={"event_ids": batch, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                connection.close()
+            except Exception:
+                logger.exception("outbox relay failed; the sweep will publish these", extra={"event_ids": batch})
+        return len(ids)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish what is held, then end the thread and close its database connection (process exit, tests)."""
+        thread = self._thread
+        self._stopping = True
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._stopping = False
+        self.drain()
+
+    def _run(self) -> None:
+        # No pause to gather a batch: the first webhook is published at once, and what arrives while a batch
+        # is being published makes up the next one, so batches grow only with the load.
+        try:
+            while not self._stopping:
+                self._wake.wait()
+                self._wake.clear()
+                # What Django does before each request: drop a connection past CONN_MAX_AGE or broken.
+                close_old_connections()
+                self.drain()
+        finally:
+            connection.close()
+
+
+def _batches(ids: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+relay = Relay()
+os.register_at_fork(after_in_child=relay.after_fork)
+# A server stopping gracefully (gunicorn's SIGTERM, the end of a management command) publishes what it holds
+# rather than leaving it to the sweep's delay.
+atexit.register(relay.stop)

@@ -1,0 +1,263 @@
+"""The outbox: the view stores `received`, the relay publishes many per message, nothing stored is left behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+import respx
+from django.db import connection, connections, transaction
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from payment import outbox, queueing, services, tasks
+from payment.models import EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
+from payment.services import ingest
+
+from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
+from .test_claims import _terminate_own_backend
+from .test_processing import make_payment, verify_route
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+class Broker:
+    """Records what the relay publishes; `gate` cleared makes every publish wait (a slow broker)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def publish(self, task_name: str, *args: Any, **options: Any) -> bool:
+        self.gate.wait(10)
+        self.calls.append((task_name, args[0]))
+        return True
+
+
+@pytest.fixture
+def broker(settings: Any) -> Iterator[Broker]:
+    """The relay in its production mode (a thread), with the broker replaced by a recorder."""
+    settings.PAYSHIFT_OUTBOX_RELAY = "thread"
+    recorder = Broker()
+    with mock.patch("payment.queueing._celery_publish", side_effect=recorder.publish):
+        yield recorder
+        recorder.gate.set()
+        outbox.relay.stop()
+
+
+@pytest.fixture(autouse=True)
+def _relay_stopped() -> Iterator[None]:
+    # The relay thread holds its own database connection: closed after each test, as at process exit.
+    yield
+    outbox.relay.stop()
+
+
+def _post(client: Client, reference: str) -> int:
+    response = signed_post(client, "paystack", paystack_charge(reference))
+    assert response.json() == {"status": "stored"}
+    return WebhookEvent.objects.get(reference=reference).pk
+
+
+def test_relay_thread_publishes_after_the_answer_and_marks_queued(client: Client,
+                                                                   broker: Broker) -> None:
+    event_id = _post(client, "OUT-1")
+    _wait(lambda: WebhookEvent.objects.get(pk=event_id).status == EventStatus.QUEUED)
+    assert broker.calls == [("process_payment_webhook", event_id)]
+
+
+def test_a_burst_is_published_in_batches_each_event_once(client: Client, broker: Broker,
+                                                          settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_BATCH_SIZE = 4
+    broker.gate.clear()  # the broker is slow: the burst gathers behind it
+    ids = [_post(client, f"OUT-B{i}") for i in range(10)]
+    broker.gate.set()
+    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 10)
+    sent: list[int] = []
+    for task_name, arg in broker.calls:
+        sent += arg if task_name == "process_payment_webhooks" else [arg]
+        assert task_name == "process_payment_webhook" or len(arg) <= 4
+    assert sorted(sent) == sorted(ids)  # every event in exactly one message
+    assert len(broker.calls) < len(ids)
+
+
+def test_nothing_is_published_for_a_rolled_back_insert(broker: Broker) -> None:
+    body = paystack_charge("OUT-RB")
+    from payment.gateways.base import json_dumps
+    from payment.gateways.registry import gateway_get
+
+    raw = json_dumps(body)
+    headers = gateway_get("paystack").sign_webhook(raw)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.webhook_receive(gateway_name="paystack", body=raw, headers=headers, source_ip="127.0.0.1")
+        raise RuntimeError("the caller's transaction fails")
+    time.sleep(0.2)
+    assert broker.calls == [] and not WebhookEvent.objects.exists()
+
+
+def test_events_a_dead_relay_held_are_published_by_the_sweep(client: Client, settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_RELAY = "thread"
+    # The relay never gets to run: this process "dies" with the ids in memory.
+    with mock.patch.object(outbox.relay, "submit"):
+        event_id = _post(client, "OUT-DEAD")
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.RECEIVED
+    WebhookEvent.objects.filter(pk=event_id).update(updated_at=timezone.now() - timedelta(minutes=2))
+    with mock.patch("payment.queueing._celery_publish", return_value=True) as publish:
+        counts = services.pending_payments_check(time_budget_seconds=5)
+    assert counts["swept"] == 1
+    assert publish.call_args_list == [mock.call("process_payment_webhook", event_id)]
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.QUEUED
+
+
+def test_relay_memory_is_bounded_and_the_rest_waits_for_the_sweep(broker: Broker) -> None:
+    broker.gate.clear()
+    with mock.patch.object(outbox, "MAX_WAITING", 3):
+        outbox.relay.submit(10_001)  # taken by the thread, stuck in the slow publish
+        _wait(lambda: outbox.relay.waiting() == 0)
+        for event_id in range(10_002, 10_010):
+            outbox.relay.submit(event_id)
+        assert outbox.relay.waiting() == 3
+    broker.gate.set()
+    _wait(lambda: outbox.relay.waiting() == 0 and len(broker.calls) == 2)
+    assert broker.calls[1] == ("process_payment_webhooks", [10_002, 10_003, 10_004])
+
+
+def test_broker_down_each_event_goes_to_django_q_and_is_marked_queued(client: Client) -> None:
+    ids = []
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, f"OUT-Q{i}") for i in range(3)]
+    with mock.patch("payment.queueing._celery_publish", return_value=False), \
+            mock.patch("payment.queueing._django_q_enqueue", return_value=True) as enqueue:
+        assert queueing.events_dispatch(ids) == "django_q"
+    assert [c.args[1] for c in enqueue.call_args_list] == ids
+    assert set(WebhookEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {EventStatus.QUEUED}
+
+
+def test_no_queue_reachable_leaves_the_events_received_for_the_sweep(client: Client) -> None:
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, f"OUT-N{i}") for i in range(2)]
+    with mock.patch("payment.queueing._celery_publish", return_value=False), \
+            mock.patch("payment.queueing._django_q_enqueue", return_value=False):
+        assert queueing.events_dispatch(ids) == "none"
+    rows = WebhookEvent.objects.filter(pk__in=ids)
+    assert {(r.status, r.last_error) for r in rows} == {(EventStatus.RECEIVED, "no queue reachable at dispatch")}
+
+
+def test_mark_never_moves_an_event_a_worker_claimed_first(client: Client) -> None:
+    with mock.patch.object(outbox.relay, "submit"):
+        event_id = _post(client, "OUT-RACE")
+
+    def fast_worker(task_name: str, *args: Any, **options: Any) -> bool:
+        # The worker takes the message before the relay's mark runs.
+        WebhookEvent.objects.filter(pk=event_id).update(status=EventStatus.PROCESSED)
+        return True
+
+    with mock.patch("payment.queueing._celery_publish", side_effect=fast_worker):
+        queueing.events_dispatch([event_id])
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.PROCESSED
+
+
+@respx.mock
+def test_batch_task_processes_each_event_once_and_a_redelivery_changes_nothing(client: Client) -> None:
+    refs = [f"OUT-T{i}" for i in range(3)]
+    for ref in refs:
+        make_payment(ref)
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, ref) for ref in refs]
+    for ref in refs:
+        verify_route(ref, paystack_verify_answer(ref))
+    assert tasks.process_payment_webhooks.apply(args=[ids]).get() == {str(i): EventStatus.PROCESSED for i in ids}
+    assert set(Payment.objects.values_list("status", flat=True)) == {PaymentStatus.SUCCESS}
+    notified = Notification.objects.count()
+    # acks_late: a worker killed mid-batch gets the whole message again.
+    assert tasks.process_payment_webhooks.apply(args=[ids]).get() == {str(i): EventStatus.PROCESSED for i in ids}
+    assert Notification.objects.count() == notified == 3
+
+
+@respx.mock
+def test_batch_member_that_needs_a_retry_goes_on_alone_and_the_rest_is_processed(client: Client) -> None:
+    for ref in ("OUT-R0", "OUT-R1"):
+        make_payment(ref)
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, ref) for ref in ("OUT-R0", "OUT-R1")]
+    verify_route("OUT-R0", {"status": False, "message": "unavailable"}, status=503)
+    verify_route("OUT-R1", paystack_verify_answer("OUT-R1"))
+    with mock.patch.object(tasks.process_payment_webhook, "apply_async") as follow_up:
+        result = tasks.process_payment_webhooks.apply(args=[ids]).get()
+    assert result == {str(ids[0]): "retrying", str(ids[1]): EventStatus.PROCESSED}
+    # The follow-up continues the single task's schedule from its second attempt.
+    assert follow_up.call_count == 1
+    assert follow_up.call_args.kwargs["args"] == (ids[0],) and follow_up.call_args.kwargs["retries"] == 1
+    assert WebhookEvent.objects.get(pk=ids[0]).status == EventStatus.FAILED
+
+
+@respx.mock
+def test_batch_member_whose_retry_cannot_be_published_is_left_for_the_sweep(client: Client) -> None:
+    for ref in ("OUT-P0", "OUT-P1"):
+        make_payment(ref)
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, ref) for ref in ("OUT-P0", "OUT-P1")]
+    verify_route("OUT-P0", {"status": False, "message": "unavailable"}, status=503)
+    verify_route("OUT-P1", paystack_verify_answer("OUT-P1"))
+    with mock.patch.object(tasks.process_payment_webhook, "apply_async", side_effect=OSError("broker gone")):
+        result = tasks.process_payment_webhooks.apply(args=[ids]).get()
+    assert result[str(ids[1])] == EventStatus.PROCESSED
+    first = WebhookEvent.objects.get(pk=ids[0])
+    assert first.status == EventStatus.FAILED and first.next_attempt_at is not None  # the sweep's when it is due
+
+
+def test_fast_insert_stores_what_the_orm_would(client: Client) -> None:
+    fields = dict(gateway="paystack", event="charge.success", kind="charge", body=b"\x00raw\xff", headers={"a": "b"},
+                  source_ip="10.1.2.3", dedupe_key="k1", reference="R", gateway_transaction_id="7", mode="test",
+                  status=EventStatus.RECEIVED)
+    fast = WebhookEvent(**fields)
+    ingest._event_insert(fast)
+    orm = WebhookEvent(**{**fields, "dedupe_key": "k2"})
+    orm.save(force_insert=True)
+    skip = {"id", "dedupe_key", "received_at", "updated_at"}
+    columns = [f.attname for f in WebhookEvent._meta.concrete_fields if f.attname not in skip]
+    stored_fast, stored_orm = (WebhookEvent.objects.filter(pk=e.pk).values(*columns).get() for e in (fast, orm))
+    assert stored_fast == stored_orm
+    assert fast.pk and fast.received_at and fast.updated_at and not fast._state.adding
+
+
+def test_webhook_costs_one_statement_and_no_health_check_query(client: Client, broker: Broker) -> None:
+    signed_post(client, "paystack", paystack_charge("OUT-WARM"))  # the connection is open and checked
+    with mock.patch.object(outbox.relay, "submit"), \
+            mock.patch.object(type(connections["default"]), "is_usable", autospec=True, return_value=True) as health, \
+            CaptureQueriesContext(connection) as queries:
+        assert signed_post(client, "paystack", paystack_charge("OUT-ONE")).json() == {"status": "stored"}
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT"]
+    assert health.call_count == 0
+
+
+def test_webhook_after_the_database_dropped_the_connection_is_stored_not_503(client: Client) -> None:
+    require_postgres()
+    with mock.patch.object(outbox.relay, "submit"):
+        signed_post(client, "paystack", paystack_charge("OUT-PG0"))
+        _terminate_own_backend()  # a database restart between two webhooks
+        response = signed_post(client, "paystack", paystack_charge("OUT-PG1"))
+    assert response.json() == {"status": "stored"}
+    assert WebhookEvent.objects.filter(reference="OUT-PG1").count() == 1
+
+
+def test_system_check_refuses_an_unknown_relay_mode(settings: Any) -> None:
+    from django.core.checks import run_checks
+
+    assert "payshift.E010" not in {m.id for m in run_checks(tags=["payshift"])}
+    settings.PAYSHIFT_OUTBOX_RELAY = "threads"
+    assert "payshift.E010" in {m.id for m in run_checks(tags=["payshift"])}
