@@ -137,7 +137,7 @@ def test_one_info_line_per_processed_event(client: Client, caplog: pytest.LogCap
         services.webhook_event_process(event.pk, via="celery")
     infos = [r for r in caplog.records if r.levelno == logging.INFO and r.name.startswith("payment")]
     assert [r.getMessage() for r in infos] == ["payment transition"]
-    assert infos[0].event_id == event.pk  # type: ignore[attr-defined]
+    assert infos[0].event_id == event.pk
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="payment"):  # a replay changes nothing: its own line says so
         services.webhook_event_process(event.pk, via="celery", force=True)
