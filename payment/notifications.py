@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 from django.conf import settings
@@ -65,6 +66,11 @@ def notification_deliver(notification: Notification) -> None:
         delivery_attempts=F("delivery_attempts") + 1)
     if not claimed:
         return
+    notifications_mark({notification.pk: notification_send(notification)})
+
+
+def notification_send(notification: Notification) -> list[str]:
+    """Run every channel on a row the caller has claimed; returns the channels' errors (never raises)."""
     errors = []
     for channel in channels():
         try:
@@ -73,7 +79,14 @@ def notification_deliver(notification: Notification) -> None:
             errors.append(f"{type(channel).__name__}: {exc}")
             logger.warning("notification delivery failed", extra={"notification_id": notification.pk,
                                                                   "kind": notification.kind, "error": str(exc)})
+    return errors
 
-    Notification.objects.filter(pk=notification.pk).update(
-        delivered_at=None if errors else timezone.now(), delivery_error="; ".join(errors)[:1000]
-    )
+
+def notifications_mark(outcomes: Mapping[int, list[str]]) -> None:
+    """Record what notification_send returned: delivered, or the errors (the sweep retries those)."""
+    delivered = [pk for pk, errors in outcomes.items() if not errors]
+    if delivered:
+        Notification.objects.filter(pk__in=delivered).update(delivered_at=timezone.now(), delivery_error="")
+    for pk, errors in outcomes.items():
+        if errors:
+            Notification.objects.filter(pk=pk).update(delivered_at=None, delivery_error="; ".join(errors)[:1000])

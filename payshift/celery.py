@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 from django.core.exceptions import ImproperlyConfigured
+from django.db import close_old_connections
 from kombu import Exchange, Queue
 
 
@@ -67,13 +68,15 @@ app.conf.update(
 app.autodiscover_tasks(["payment"])
 
 
+def task_connections_recycle() -> None:
+    """Per task what Django does per request: keep the connection within CONN_MAX_AGE, drop it after an
+    error (CELERY_DB_REUSE_MAX stops Celery closing it after every task; see settings)."""
+    close_old_connections()
+
+
 @task_prerun.connect
 @task_postrun.connect
 def _database_connections_recycle(sender: Any = None, **kwargs: Any) -> None:
-    """Per task what Django does per request: keep the connection within CONN_MAX_AGE, drop it after an
-    error (CELERY_DB_REUSE_MAX stops Celery closing it after every task; see settings)."""
     if sender is None or getattr(sender.request, "is_eager", False):
         return  # an eager task runs inside its caller's request or transaction (tests): not ours to close
-    from django.db import close_old_connections
-
-    close_old_connections()
+    task_connections_recycle()

@@ -27,7 +27,10 @@ from .state import deliver_after_commit, notification_create
 logger = logging.getLogger("payment.services")
 
 
-def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None) -> str:
+def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None,
+                 logged: bool = False) -> str:
+    """Close the event. `logged`: its outcome is already in the log (the payment transition's line names the
+    event), so this line goes at DEBUG: one INFO line per processed event."""
     now = timezone.now()
     fields: dict[str, Any] = {"status": status, "last_error": error[:2000], "updated_at": now,
                               "next_attempt_at": None}
@@ -39,9 +42,9 @@ def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: 
     if status == EventStatus.PROCESSED:
         metrics.PROCESS_LATENCY.labels(event.gateway).observe((now - event.received_at).total_seconds())
     metrics.EVENTS_PROCESSED.labels(event.gateway, status).inc()
-    logger.info("webhook %s", status, extra={"event_id": event.pk, "gateway": event.gateway,
-                                             "event": event.event, "reference": event.reference,
-                                             "error": error or None})
+    logger.log(logging.DEBUG if logged else logging.INFO, "webhook %s", status, extra={
+        "event_id": event.pk, "gateway": event.gateway, "event": event.event, "reference": event.reference,
+        "error": error or None})
     return status
 
 

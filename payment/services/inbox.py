@@ -23,6 +23,7 @@ from ..models import (
     EventStatus,
     WebhookEvent,
 )
+from ..sql import update_returning, update_returning_supported
 from .events import event_fail, event_finish, event_mark_dead
 from .refunds import refund_event_apply
 from .scheduling import id_batches
@@ -53,16 +54,12 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
         claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
     if force:
         claimable |= Q(status=EventStatus.PROCESSING)
-    claimed = WebhookEvent.objects.filter(claimable, pk=event_id).update(
-        status=EventStatus.PROCESSING, attempts=F("attempts") + 1, dispatched_via=via, claim_token=claim,
-        updated_at=timezone.now()
-    )
-    if not claimed:
+    event = _event_claim(event_id, claimable, via=via, claim=claim)
+    if event is None:
         # Already processed, ignored or dead (or unknown): "already applied" is a no-op (docs/architecture.md).
         current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
         return current or "missing"
     try:
-        event = WebhookEvent.objects.get(pk=event_id)
         handler = EVENT_HANDLERS.get(event.kind)
         if handler is None:
             return event_finish(event, EventStatus.IGNORED)
@@ -89,6 +86,20 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
             logger.warning("claim not released: the retry retakes it by its token",
                            extra={"event_id": event_id, "error": f"{type(release_error).__name__}: {release_error}"})
         raise
+
+
+def _event_claim(event_id: int, claimable: Q, *, via: str, claim: str) -> WebhookEvent | None:
+    """Take the event with one conditional UPDATE and read it back, in that same statement where the
+    database returns updated rows (PostgreSQL, SQLite >= 3.35): a claim is one round trip, not two."""
+    rows = WebhookEvent.objects.filter(claimable, pk=event_id)
+    values = {"status": EventStatus.PROCESSING, "attempts": F("attempts") + 1, "dispatched_via": via,
+              "claim_token": claim, "updated_at": timezone.now()}
+    if update_returning_supported(rows.db):
+        claimed = update_returning(rows, **values)
+        return claimed[0] if claimed else None
+    if not rows.update(**values):
+        return None
+    return WebhookEvent.objects.get(pk=event_id)
 
 
 EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {

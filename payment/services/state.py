@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.dispatch import Signal
 from django.utils import timezone
 
 from payment.conf import app_settings
@@ -26,7 +27,7 @@ from ..models import (
     WebhookEvent,
 )
 from ..money import minor_to_major
-from ..notifications import notification_deliver
+from ..notifications import notification_deliver, notification_send, notifications_mark
 
 logger = logging.getLogger("payment.services")
 
@@ -90,27 +91,31 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     payment.last_verified_at = now
     payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "currency_paid",
                                 "gateway_transaction_id", "amount_refunded", "last_verified_at", "updated_at"])
+    # Born claimed: this process runs the hooks right after commit (below), so the row is written with the
+    # claim that transition_hooks_run would otherwise take in a separate UPDATE. A process that dies after
+    # commit leaves hooks_done_at empty, and the sweep takes the claim over once it is stale, as it does for
+    # a runner that died while sending.
     transition = PaymentTransition.objects.create(
         payment=payment, from_status=from_status, to_status=to_status, source=source, event=event,
         reason=reason[:255] or (review_reason or ""), details=dict(details or {}), actor=actor[:150],
+        hooks_started_at=now,
     )
-    notification_ids = []
+    notifications = []
     kind = _CUSTOMER_NOTIFICATIONS.get(to_status)
     if kind is not None:
-        n = notification_create(kind=kind, recipient=Recipient.CUSTOMER, payment=payment, transition=transition,
-                                 message=_customer_message(payment, to_status, details or {}))
-        notification_ids.append(n.pk if n else None)
+        notifications.append(_transition_notification(
+            kind=kind, recipient=Recipient.CUSTOMER, payment=payment, transition=transition,
+            message=_customer_message(payment, to_status, details or {})))
     if to_status == S.REVIEW:
-        n = notification_create(
+        notifications.append(_transition_notification(
             kind=NotificationKind.PAYMENT_REVIEW, recipient=Recipient.STAFF, payment=payment,
             transition=transition,
             message=f"Payment {payment.reference} is in review ({review_reason}): {dict(details or {})}",
-        )
-        notification_ids.append(n.pk if n else None)
+        ))
     logger.info("payment transition", extra={"reference": payment.reference, "gateway": payment.gateway,
                                              "from": from_status, "to": to_status, "source": source,
                                              "event_id": event.pk if event else None})
-    transaction.on_commit(lambda: transition_hooks_run(transition.pk))
+    transaction.on_commit(lambda: _claimed_hooks_run(transition, notifications))
     if to_status in CHARGE_SETTLED and from_status not in CHARGE_SETTLED:
         payment_id = payment.pk
         # Refunds build on this module (they move payments): importing them here breaks that cycle.
@@ -150,8 +155,16 @@ def notification_create(**fields: Any) -> Notification | None:
         return None
 
 
+def _transition_notification(**fields: Any) -> Notification:
+    """A notification of a transition created in this same transaction: none can exist for it yet, so no
+    savepoint (notification_create's) is needed; the unique constraint still stands guard. The row is born
+    with its first delivery attempt claimed, for the runner that delivers it after commit."""
+    return Notification.objects.create(delivery_attempts=1, **fields)
+
+
 def transition_hooks_run(transition_id: int) -> None:
-    """After commit: deliver the transition's notifications and send the host application's signals."""
+    """Deliver a transition's notifications and send the host application's signals, once: for hooks nobody
+    ran (their process died after commit) or whose claim is stale. The claim is a conditional UPDATE."""
     now = timezone.now()
     taken_over = now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     claimed = PaymentTransition.objects.filter(pk=transition_id, hooks_done_at__isnull=True).filter(
@@ -162,16 +175,43 @@ def transition_hooks_run(transition_id: int) -> None:
     for notification in transition.notifications.select_related("payment", "event").filter(
             delivered_at__isnull=True):
         notification_deliver(notification)
+    _signals_send(transition)
+    PaymentTransition.objects.filter(pk=transition_id).update(hooks_done_at=timezone.now())
+
+
+def _claimed_hooks_run(transition: PaymentTransition, notifications: list[Notification]) -> None:
+    """After commit, in the process that made the transition: the rows were written claimed (transition and
+    first delivery attempts) and are still in memory, so nothing is read back; the outcomes are written in
+    one transaction, before the signals when a receiver is connected (a slow receiver must not widen the
+    window in which a crash resends a delivered notification)."""
+    outcomes = {n.pk: notification_send(n) for n in notifications}
+    if _signals_connected(transition):
+        notifications_mark(outcomes)
+        _signals_send(transition)
+        PaymentTransition.objects.filter(pk=transition.pk).update(hooks_done_at=timezone.now())
+        return
+    with transaction.atomic():
+        notifications_mark(outcomes)
+        PaymentTransition.objects.filter(pk=transition.pk).update(hooks_done_at=timezone.now())
+
+
+def _transition_signals(transition: PaymentTransition) -> list[Signal]:
+    by_status = signals.BY_STATUS.get(transition.to_status)
+    return [signals.payment_transitioned, *([by_status] if by_status is not None else [])]
+
+
+def _signals_connected(transition: PaymentTransition) -> bool:
+    return any(signal.has_listeners(Payment) for signal in _transition_signals(transition))
+
+
+def _signals_send(transition: PaymentTransition) -> None:
     payment = transition.payment
-    for signal in (signals.payment_transitioned, signals.BY_STATUS.get(transition.to_status)):
-        if signal is None:
-            continue
+    for signal in _transition_signals(transition):
         for receiver, result in signal.send_robust(sender=Payment, payment=payment, transition=transition):
             if isinstance(result, Exception):
                 logger.error("signal receiver failed", extra={"reference": payment.reference,
                                                               "receiver": getattr(receiver, "__qualname__", ""),
                                                               "error": repr(result)})
-    PaymentTransition.objects.filter(pk=transition_id).update(hooks_done_at=timezone.now())
 
 
 def deliver_after_commit(notification_ids: list[int]) -> None:

@@ -50,9 +50,11 @@ def charge_event_apply(event: WebhookEvent) -> str:
                                              request_sent=False)
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        before = locked.status
         error = verification_apply(locked, verification, source=TransitionSource.WEBHOOK, event=event,
                                     claimed_mode=event.mode)
-        return event_finish(event, EventStatus.PROCESSED, payment=locked, error=error)
+        return event_finish(event, EventStatus.PROCESSED, payment=locked, error=error,
+                            logged=locked.status != before)
 
 
 def verification_decide(payment: Payment, verification: base.Verification, *, claimed_mode: str = "",

@@ -1,0 +1,166 @@
+"""`python -m bench.worker_probe`: the worker's cost per settled payment, in one process, statement by statement.
+
+Starts a private sandbox and a scratch PostgreSQL database (as the bench does), stores N webhooks for pending
+payments the sandbox reports as paid, then runs each the way a Celery child does (the per-task connection
+recycle, then services.webhook_event_process) and prints, per event: CPU ms of this process
+(time.process_time), of its PostgreSQL backend and of the sandbox; SQL statements and commits (each
+autocommit write and each COMMIT); with --profile, cProfile's top functions. The first --warmup events are not
+counted (imports, the first connection, the httpx pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from unittest import mock
+
+from bench.stack import Ports, Stack, cpu_seconds
+
+_WRITE = re.compile(r"^\s*(UPDATE|INSERT|DELETE)\b", re.IGNORECASE)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def statement_kinds(sqls: list[str]) -> tuple[int, int, Counter[str]]:
+    """(statements, commits, count by first word) of what one event ran. BEGIN/COMMIT/ROLLBACK are Django's
+    transaction markers (logged, not statements); a write outside BEGIN..COMMIT is its own commit (autocommit)."""
+    commits = 0
+    in_block = False
+    kinds: Counter[str] = Counter()
+    statements = 0
+    for sql in sqls:
+        word = sql.split(None, 1)[0].upper() if sql.strip() else ""
+        kinds[word] += 1
+        if word == "BEGIN":
+            in_block = True
+            continue
+        if word in ("COMMIT", "ROLLBACK"):
+            commits += word == "COMMIT"
+            in_block = False
+            continue
+        statements += 1
+        if not in_block and _WRITE.match(sql):
+            commits += 1
+    return statements, commits, kinds
+
+
+def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sandbox_url: str) -> None:
+    import django
+
+    django.setup()
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from bench import payloads
+    from payment import services
+    from payment.models import Payment, PaymentStatus
+    from payshift.celery import task_connections_recycle
+
+    total = count + warmup
+    made = payloads.payments_create("PRB", total, flutterwave_share=0.25)
+    ids = payloads.sandbox_seed(sandbox_url, made)
+    reqs = payloads.signed_requests(made, ids)
+    event_ids = []
+    with mock.patch("payment.queueing.event_dispatch"):  # the probe runs them itself, no broker
+        for req in reqs:
+            result = services.webhook_receive(gateway_name=req.path.rstrip("/").rsplit("/", 1)[1], body=req.body,
+                                              headers={"content-type": "application/json", req.header: req.value},
+                                              source_ip="127.0.0.1")
+            assert result.event_id is not None
+            event_ids.append(result.event_id)
+
+    def one(event_id: int) -> None:
+        # What a Celery child does per task (payshift/celery.py), around the task body.
+        task_connections_recycle()
+        services.webhook_event_process(event_id, via="celery")
+        task_connections_recycle()
+
+    for event_id in event_ids[:warmup]:
+        one(event_id)
+    measured = event_ids[warmup:]
+    backends: set[int] = set()
+    backend_cpu_start: dict[int, float] = {}
+    statements = commits = 0
+    kinds: Counter[str] = Counter()
+    cpu = 0.0
+    # CPU time, not wall: waiting on PostgreSQL or the sandbox is their cost, counted on their side.
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    sandbox_start = sum(cpu_seconds(p) for p in sandbox_pids)
+    for event_id in measured:
+        pid = connection.connection.info.backend_pid if connection.connection is not None else None
+        if pid is not None and pid not in backends:
+            backends.add(pid)
+            backend_cpu_start[pid] = cpu_seconds(pid)
+        with CaptureQueriesContext(connection) as captured:
+            started = time.process_time()
+            if profiler is not None:
+                profiler.enable()
+            one(event_id)
+            if profiler is not None:
+                profiler.disable()
+            cpu += time.process_time() - started
+        n, c, k = statement_kinds([q["sql"] for q in captured.captured_queries])
+        statements += n
+        commits += c
+        kinds.update(k)
+    sandbox_cpu = sum(cpu_seconds(p) for p in sandbox_pids) - sandbox_start
+    pg_cpu = sum(cpu_seconds(p) - backend_cpu_start[p] for p in backends)
+    settled = Payment.objects.filter(reference__startswith="PRB-", status=PaymentStatus.SUCCESS).count()
+    n = len(measured)
+    print(f"[probe] {n} events measured ({warmup} warm-up), {settled}/{total} payments settled")
+    print(f"[probe] per event: worker CPU {cpu * 1000 / n:.2f} ms, PostgreSQL backend {pg_cpu * 1000 / n:.2f} ms, "
+          f"sandbox {sandbox_cpu * 1000 / n:.2f} ms, total {(cpu + pg_cpu + sandbox_cpu) * 1000 / n:.2f} ms")
+    print(f"[probe] per event: {statements / n:.2f} SQL statements, {commits / n:.2f} commits; by kind: "
+          + ", ".join(f"{word} {v / n:.2f}" for word, v in kinds.most_common()))
+    if profiler is not None:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(25)
+        print(out.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker_probe", description=__doc__)
+    parser.add_argument("--count", type=int, default=500, help="events measured (default 500)")
+    parser.add_argument("--warmup", type=int, default=50, help="events run first and not counted (default 50)")
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (CPU time)")
+    parser.add_argument("--base-port", type=int, default=18479,
+                        help="ports as the bench uses them; the probe starts only the sandbox (base + 3)")
+    args = parser.parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="payshift-probe-"))
+    base = args.base_port
+    name = f"payshift_probe_{base}"
+    stack = Stack(workdir=scratch, ports=Ports(redis=base, web=base + 1, peer=base + 2, sandbox=base + 3),
+                  db_name=name, peer_db_name=name)
+    os.environ.update(stack.env)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        stack.create_databases()
+        stack.migrate()
+        stack.start_sandbox()
+        _probe(args.count, args.warmup, args.profile, stack.pids("sandbox"), stack.topology.sandbox_url)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stack.close()
+        stack.drop_databases()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
