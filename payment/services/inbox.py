@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from django.db import DatabaseError, InterfaceError
+from django.db import DatabaseError, InterfaceError, router
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -23,7 +23,7 @@ from ..models import (
     EventStatus,
     WebhookEvent,
 )
-from ..sql import update_returning, update_returning_supported
+from ..sql import first_statement, update_returning, update_returning_supported
 from .events import event_fail, event_finish, event_mark_dead
 from .refunds import refund_event_apply
 from .scheduling import id_batches
@@ -54,7 +54,12 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
         claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
     if force:
         claimable |= Q(status=EventStatus.PROCESSING)
-    event = _event_claim(event_id, claimable, via=via, claim=claim)
+    # Our own token too: the claim is the task's first statement and its connection's health check, run once
+    # more on a new connection if the old one died (payment/sql.py); if the first try had committed, the second
+    # takes back what is already ours instead of finding the event busy.
+    claimable |= Q(status=EventStatus.PROCESSING, claim_token=claim)
+    event = first_statement(lambda: _event_claim(event_id, claimable, via=via, claim=claim),
+                            using=router.db_for_write(WebhookEvent))
     if event is None:
         # Already processed, ignored or dead (or unknown): "already applied" is a no-op (docs/architecture.md).
         current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()

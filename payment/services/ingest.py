@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
-from django.db import (
-    DatabaseError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    connections,
-    router,
-    transaction,
-)
-from django.db.models import AutoField, Field, sql
+from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from payment.conf import app_settings
 
-from .. import metrics, outbox
+from .. import metrics, outbox, sql
 from ..gateways import base
 from ..gateways.registry import gateway_get
 from ..models import (
@@ -95,7 +84,9 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
     in_transaction = transaction.get_connection().in_atomic_block
     try:
         with transaction.atomic() if in_transaction else contextlib.nullcontext():
-            _event_insert(event)
+            # One statement, compiled once, and the connection's health check (payment/sql.py); a retry after
+            # a dropped connection is safe: if the first INSERT committed, its twin hits the dedupe key.
+            sql.first_statement(lambda: sql.insert_compiled(event), using=router.db_for_write(WebhookEvent))
     except IntegrityError:
         # The unique (gateway, dedupe_key) constraint: a resend, a replay or a concurrent twin.
         if not WebhookEvent.objects.filter(gateway=gateway_name, dedupe_key=event.dedupe_key).exists():
@@ -111,60 +102,6 @@ def webhook_receive(*, gateway_name: str, body: bytes, headers: Mapping[str, str
         event_id = event.pk
         transaction.on_commit(lambda: outbox.relay.submit(event_id))
     return ReceiveResult("ignored" if ignored else "stored", event.pk, parsed)
-
-
-def _event_insert(event: WebhookEvent) -> None:
-    """event.save(force_insert=True), for the one statement on the webhook's hot path, at a quarter of its
-    CPU: the INSERT is compiled by the ORM once per database and reused; each call only prepares the values
-    (bench/FINDINGS.md). No model signals are sent for WebhookEvent rows made here. Outside a transaction the
-    INSERT is also the connection's health check: a connection that died since it was last used (a database
-    restart) is replaced and the INSERT made once more, instead of a SELECT 1 before every webhook."""
-    alias = router.db_for_write(WebhookEvent)
-    connection = connections[alias]
-    if not connection.features.can_return_columns_from_insert:
-        event.save(force_insert=True, using=alias)
-        return
-    statement, fields = _insert_statement(alias)
-    retry_on_dead_connection = not connection.in_atomic_block
-    if retry_on_dead_connection and connection.connection is not None:
-        # Django's CONN_HEALTH_CHECKS would ask SELECT 1 first; the INSERT below answers the same question.
-        # (Every backend has this flag since Django 4.1; the stubs do not list it.)
-        connection.health_check_done = True  # type: ignore[attr-defined]
-
-    def insert() -> None:
-        params = [field.get_db_prep_save(field.pre_save(event, True), connection) for field in fields]
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            row = cursor.fetchone()
-        if row is None:
-            raise DatabaseError("INSERT ... RETURNING gave no row")
-        event.pk = row[0]
-        event._state.adding = False
-        event._state.db = alias
-
-    try:
-        insert()
-    except (OperationalError, InterfaceError):
-        if not retry_on_dead_connection or connection.is_usable():
-            raise
-        # Committed or not before the connection died, a second INSERT is safe: a twin hits the dedupe key.
-        connection.close()
-        insert()
-
-
-@functools.cache
-def _insert_statement(alias: str) -> tuple[str, tuple[Field[Any, Any], ...]]:
-    """The ORM's own INSERT ... RETURNING id for a WebhookEvent on that database, and the fields it takes."""
-    meta = WebhookEvent._meta
-    fields = tuple(f for f in meta.local_concrete_fields if not isinstance(f, AutoField) and not f.generated)
-    query = sql.InsertQuery(WebhookEvent)
-    query.insert_values(fields, [WebhookEvent()], raw=False)
-    compiler = query.get_compiler(using=alias)
-    compiler.returning_fields = [meta.pk]
-    statements = compiler.as_sql()
-    if len(statements) != 1:
-        raise ImproperlyConfigured(f"one INSERT expected for WebhookEvent on {alias!r}, got {len(statements)}")
-    return statements[0][0], fields
 
 
 def _storable(parsed: base.ParsedEvent) -> base.ParsedEvent:

@@ -10,7 +10,7 @@ from unittest import mock
 import psycopg
 import pytest
 import respx
-from django.db import OperationalError, close_old_connections, connection
+from django.db import OperationalError, close_old_connections, connection, connections
 from django.test import Client
 from django_q.models import Schedule
 
@@ -204,3 +204,24 @@ def test_django_q_gives_up_to_the_sweep_after_the_database_retries(client: Clien
         assert q_tasks.process_payment_webhook_q(event.pk, 0, "", retries.DB_RETRIES) == "left_for_sweep"
     row = _row(event)
     assert row.status == EventStatus.FAILED  # not dead: the sweep dispatches it again
+
+
+@respx.mock
+def test_a_connection_the_database_dropped_between_tasks_is_replaced_by_the_claim(client: Client) -> None:
+    """No SELECT 1 before each task (CONN_HEALTH_CHECKS): the claim is the check. A database restart between
+    two tasks costs a reconnect inside the next task, not a failed attempt and a retry."""
+    healthy, after_restart = _event(client, "CLAIM-DB-8"), _event(client, "CLAIM-DB-9")
+    for reference in ("CLAIM-DB-8", "CLAIM-DB-9"):
+        verify_route(reference, paystack_verify_answer(reference))
+    real_is_usable = type(connections["default"]).is_usable
+    with mock.patch.object(type(connections["default"]), "is_usable", autospec=True,
+                           side_effect=real_is_usable) as health:
+        _next_task()
+        assert services.webhook_event_process(healthy.pk, via="celery") == EventStatus.PROCESSED
+        assert health.call_count == 0  # a healthy connection is never asked
+        _terminate_own_backend()
+        _next_task()
+        assert services.webhook_event_process(after_restart.pk, via="celery") == EventStatus.PROCESSED
+        assert health.call_count == 1  # asked once, after the claim failed on the dead connection
+    row = _row(after_restart)
+    assert (row.status, row.attempts) == (EventStatus.PROCESSED, 1)

@@ -16,9 +16,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from payment import outbox, queueing, services, tasks
+from payment import outbox, queueing, services, sql, tasks
 from payment.models import EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
-from payment.services import ingest
 
 from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
 from .test_claims import _terminate_own_backend
@@ -225,7 +224,7 @@ def test_fast_insert_stores_what_the_orm_would(client: Client) -> None:
                   source_ip="10.1.2.3", dedupe_key="k1", reference="R", gateway_transaction_id="7", mode="test",
                   status=EventStatus.RECEIVED)
     fast = WebhookEvent(**fields)
-    ingest._event_insert(fast)
+    sql.insert_compiled(fast)
     orm = WebhookEvent(**{**fields, "dedupe_key": "k2"})
     orm.save(force_insert=True)
     skip = {"id", "dedupe_key", "received_at", "updated_at"}
