@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +42,8 @@ class Plan:
     @classmethod
     def for_kills(cls, kills: int) -> Plan:
         steps = [("latency_spike", 0.08), ("redis_stop", 0.18), ("worker_kill", 0.35), ("latency_spike", 0.45),
-                 ("postgres_restart", 0.55), ("worker_kill", 0.70), ("latency_spike", 0.85)]
+                 ("postgres_restart", 0.55), ("web_worker_kill", 0.62), ("worker_kill", 0.70),
+                 ("latency_spike", 0.85)]
         kept: list[tuple[str, float]] = []
         for name, at in steps:
             if name == "worker_kill":
@@ -135,6 +138,22 @@ class Injector:
         self.postgres.stop("fast")
         time.sleep(POSTGRES_DOWN_SECONDS)
         self.postgres.start()
+        record.end = self.now()
+        self.records.append(record)
+
+    def web_worker_kill(self) -> None:
+        """SIGKILL one gunicorn worker while webhooks flow: its answers in flight are lost (the driver resends)
+        and so are the event ids its outbox relay held in memory, which the sweep must publish from the
+        database (`received` rows). gunicorn's master starts a new worker."""
+        children = self.supervisor.pids("web")[1:]
+        record = FaultRecord("SIGKILL a gunicorn worker", self.now())
+        if not children:
+            record.detail = "no gunicorn worker found"
+            self.errors.append("web_worker_kill: no gunicorn worker found")
+        else:
+            os.kill(children[0], signal.SIGKILL)
+            record.detail = f"pid {children[0]} (the master starts another)"
+        self._say(record)
         record.end = self.now()
         self.records.append(record)
 
