@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import django
 
@@ -20,7 +21,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
     django.setup()
     from bench.stack import rss_kib
-    from payment import services
+    from payment import metrics, services
     from payment.conf import app_settings
 
     pid = os.getpid()
@@ -60,11 +61,19 @@ def main() -> None:
         "rss_rest_max_mib": round(max(rest), 1),
         "growth_after_first_quarter_pct": round((max(rest) - max(quarter)) / max(quarter) * 100, 2)
         if max(quarter) else None,
+        # 429s met (re-sent after Retry-After, or given up) and calls the client limiter held past their bound.
+        "gateway_429s": _errors_of_kind(metrics, "429", "429_retried"),
+        "throttled": _errors_of_kind(metrics, "throttled"),
         "batch_size": app_settings.PAYSHIFT_RECONCILE_BATCH_SIZE,
         "concurrency": app_settings.PAYSHIFT_RECONCILE_CONCURRENCY,
         "client_rate_limit_per_s": app_settings.PAYSHIFT_GATEWAY_RATE_LIMIT,
         "rss_series_mib": samples,
     }))
+
+
+def _errors_of_kind(metrics: Any, *kinds: str) -> int:
+    return int(sum(sample.value for family in metrics.GATEWAY_API_ERRORS.collect() for sample in family.samples
+                   if sample.name.endswith("_total") and sample.labels.get("kind") in kinds))
 
 
 if __name__ == "__main__":

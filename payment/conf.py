@@ -90,8 +90,9 @@ _SETTINGS: dict[str, _Setting] = {
     # Processing
     "PAYSHIFT_HTTP_CONNECT_TIMEOUT": _Setting(5.0, float),
     "PAYSHIFT_HTTP_READ_TIMEOUT": _Setting(30.0, float),
-    # Below the sandbox's default 50/s per key, Paystack's published live limit for its verify endpoint.
-    "PAYSHIFT_GATEWAY_RATE_LIMIT": _Setting("40", _as_rate_limits),
+    # Half the sandbox's default 50/s per key (Paystack's published live limit for its verify endpoint):
+    # room for a busy machine's scheduling jitter and for a second process.
+    "PAYSHIFT_GATEWAY_RATE_LIMIT": _Setting("25", _as_rate_limits),
     "PAYSHIFT_CELERY_MAX_RETRIES": _Setting(5, int),
     "PAYSHIFT_CELERY_RETRY_BASE_SECONDS": _Setting(2.0, float),
     "PAYSHIFT_CELERY_RETRY_MAX_SECONDS": _Setting(300.0, float),
