@@ -174,7 +174,7 @@ def _pending_payments_verify(now: datetime, budget: _Budget, counts: dict[str, i
     try:
         while not budget.spent():
             batch = list(candidates.order_by(F("last_verified_at").asc(nulls_first=True), "id")
-                         .values_list("id", "created_at", "status")[:batch_size])
+                         .only(*_VERIFY_FIELDS)[:batch_size])
             if not batch:
                 return
             # The whole batch is done (every last_verified_at written) before the next SELECT, or the rows
@@ -192,11 +192,12 @@ def _reconcile_concurrency() -> int:
     return max(1, app_settings.PAYSHIFT_RECONCILE_CONCURRENCY)
 
 
-_Row = tuple[int, datetime, str]
+# What payment_verify reads of a row before its call, so a batch's rows save it a SELECT each.
+_VERIFY_FIELDS = ("id", "created_at", "status", "reference", "gateway", "amount", "currency", "mode")
 
 
 class _Verifier:
-    """Verifies batches of (id, created_at, status) rows, in order, on `threads` threads kept for the run.
+    """Verifies batches of payment rows (`_VERIFY_FIELDS`), in order, on `threads` threads kept for the run.
 
     Threads are started once (their DB connections and HTTP connections are reused from batch to batch) and
     each closes its own DB connection when it ends; a row is started only while the budget lasts. The first
@@ -210,13 +211,13 @@ class _Verifier:
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
         self._checked: list[int] = []
-        self._queue: queue.Queue[_Row | None] = queue.Queue()
+        self._queue: queue.Queue[Payment | None] = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name=f"reconcile-{n}", daemon=True)
                          for n in range(threads if threads > 1 else 0)]
         for thread in self._threads:
             thread.start()
 
-    def run(self, batch: list[_Row]) -> None:
+    def run(self, batch: list[Payment]) -> None:
         try:
             if not self._threads:
                 for row in batch:
@@ -262,13 +263,13 @@ class _Verifier:
         finally:
             connection.close()
 
-    def _verify(self, row: _Row) -> None:
-        payment_id, created_at, status = row
-        expired = created_at < self.ttl_cutoff
+    def _verify(self, row: Payment) -> None:
+        payment_id, status = row.pk, row.status
+        expired = row.created_at < self.ttl_cutoff
         try:
             # Before the TTL only good news is applied: the customer may still be on the checkout page.
             new_status = payment_verify(payment_id, allow_unpaid_final=expired and status == S.PENDING,
-                                        record_check=False)
+                                        record_check=False, read=row)
         except base.GatewayError as exc:
             # Checked too (a failing gateway must not keep one payment at the head of the queue).
             logger.warning("reconcile verify failed", extra={"payment_id": payment_id, "error": str(exc)})

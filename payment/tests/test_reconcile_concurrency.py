@@ -217,3 +217,20 @@ def test_a_still_pending_answer_costs_one_update_but_good_news_takes_the_lock() 
     with CaptureQueriesContext(connection) as queries:
         assert services.payment_verify(paid.pk, allow_unpaid_final=False) == PaymentStatus.SUCCESS
     assert any("FOR UPDATE" in q["sql"] for q in queries.captured_queries)
+
+
+@pytest.mark.django_db
+@respx.mock
+def test_reconciling_payments_the_gateway_does_not_know_costs_no_statement_per_payment(settings: Any) -> None:
+    settings.PAYSHIFT_RECONCILE_BATCH_SIZE = 20
+    for i in range(20):
+        _payment(f"NEW-{i}")
+    respx.get(url__regex=VERIFY.pattern).mock(side_effect=_Gateway(delay_s=0))
+    with CaptureQueriesContext(connection) as queries:
+        counts = services.pending_payments_check(time_budget_seconds=10)
+    assert counts["verified"] == 20
+    on_payments = [q["sql"] for q in queries.captured_queries if '"payment_payment"' in q["sql"]]
+    # The batch's SELECT (with what payment_verify needs), the empty one after it, one UPDATE for the batch;
+    # the gateway-silence step counts pending payments: nothing per payment.
+    assert len(on_payments) <= 5, on_payments
+    assert Payment.objects.filter(last_verified_at__isnull=True).count() == 0
