@@ -90,6 +90,12 @@ class Stack:
             "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/1",
             **gateways,
             **sandbox_environment(gateways, webhook_base_url=self.topology.web_url, public_url=sandbox),
+            # The bench measures Payshift, not a gateway's quota: an account with raised limits (the sandbox
+            # enforces 1,000 calls/s per key), and each Payshift process stays under 900/s, so a run that
+            # meets a 429 shows a client that ignores its limit (bench/README.md, scenario 5).
+            "SANDBOX_RATE_LIMIT_PER_S": "1000",
+            "SANDBOX_RATE_LIMIT_BURST": "100",
+            "PAYSHIFT_GATEWAY_RATE_LIMIT": "900",
             "PAYSHIFT_VAR_DIR": str(self.workdir / "var"),
             "PAYMENT_LOG_FILE": str(self.workdir / "logs" / "payment.log"),
             # One file shared by many processes: logrotate-style handler, as the settings advise for production.

@@ -43,6 +43,25 @@ def _as_bool(value: Any) -> bool:
     raise ImproperlyConfigured(f"expected a boolean, got {value!r}")
 
 
+def _as_rate_limits(value: Any) -> dict[str, float]:
+    """Calls per second per gateway: `40` (each gateway), `paystack=40,flutterwave=20`, or both (`40,
+    flutterwave=20`: 20 for Flutterwave, 40 for the others). The key `*` holds the bare number; 0 = no limit."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        items: list[str] = [str(value)]
+    elif isinstance(value, dict):
+        items = [f"{name}={rate}" for name, rate in value.items()]
+    else:
+        items = _as_list(value)
+    limits: dict[str, float] = {}
+    for item in items:
+        name, _, rate = item.rpartition("=")
+        number = float(rate)
+        if not number >= 0 or number == float("inf"):
+            raise ValueError(f"rate limit {item!r} must be a finite number >= 0")
+        limits[name.strip() or "*"] = number
+    return limits
+
+
 @dataclass(frozen=True)
 class _Setting:
     default: Any
@@ -74,6 +93,9 @@ _SETTINGS: dict[str, _Setting] = {
     # Processing
     "PAYSHIFT_HTTP_CONNECT_TIMEOUT": _Setting(5.0, float),
     "PAYSHIFT_HTTP_READ_TIMEOUT": _Setting(30.0, float),
+    # Half the sandbox's default 50/s per key (Paystack's published live limit for its verify endpoint):
+    # room for a busy machine's scheduling jitter and for a second process.
+    "PAYSHIFT_GATEWAY_RATE_LIMIT": _Setting("25", _as_rate_limits),
     "PAYSHIFT_CELERY_MAX_RETRIES": _Setting(5, int),
     "PAYSHIFT_CELERY_RETRY_BASE_SECONDS": _Setting(2.0, float),
     "PAYSHIFT_CELERY_RETRY_MAX_SECONDS": _Setting(300.0, float),
@@ -90,6 +112,8 @@ _SETTINGS: dict[str, _Setting] = {
     "PAYSHIFT_MAX_EVENT_ATTEMPTS": _Setting(20, int),
     "PAYSHIFT_UNMATCHED_RETRY_SECONDS": _Setting(24 * 3600, int),
     "PAYSHIFT_RECONCILE_BATCH_SIZE": _Setting(500, int),
+    # Verifications in flight at once (threads; 1 = one at a time, as on SQLite always).
+    "PAYSHIFT_RECONCILE_CONCURRENCY": _Setting(8, int),
     "PAYSHIFT_GATEWAY_SILENCE_SECONDS": _Setting(3600, int),
     "PAYSHIFT_RETENTION_DAYS": _Setting(30, int),
     # Customer pages
@@ -129,6 +153,7 @@ class AppSettings:
     PAYSHIFT_OUTBOX_BATCH_SIZE: int
     PAYSHIFT_HTTP_CONNECT_TIMEOUT: float
     PAYSHIFT_HTTP_READ_TIMEOUT: float
+    PAYSHIFT_GATEWAY_RATE_LIMIT: dict[str, float]
     PAYSHIFT_CELERY_MAX_RETRIES: int
     PAYSHIFT_CELERY_RETRY_BASE_SECONDS: float
     PAYSHIFT_CELERY_RETRY_MAX_SECONDS: float
@@ -144,6 +169,7 @@ class AppSettings:
     PAYSHIFT_MAX_EVENT_ATTEMPTS: int
     PAYSHIFT_UNMATCHED_RETRY_SECONDS: int
     PAYSHIFT_RECONCILE_BATCH_SIZE: int
+    PAYSHIFT_RECONCILE_CONCURRENCY: int
     PAYSHIFT_GATEWAY_SILENCE_SECONDS: int
     PAYSHIFT_RETENTION_DAYS: int
     PAYSHIFT_DEMO_PAGES: bool

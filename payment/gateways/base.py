@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
+import email.utils
 import hashlib
 import json
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +22,8 @@ from django.conf import settings
 
 from payment import metrics
 from payment.conf import app_settings
+
+from . import ratelimit
 
 
 class GatewayError(Exception):
@@ -47,11 +52,14 @@ class TransientGatewayError(GatewayError):
 
     transient = True
 
-    def __init__(self, message: str, *, request_sent: bool = True, http_status: int | None = None) -> None:
+    def __init__(self, message: str, *, request_sent: bool = True, http_status: int | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message, http_status=http_status, sent=request_sent)
         # False when the gateway certainly did not act on it (connection refused, 429): a non-idempotent
         # call such as a refund may be re-sent only then.
         self.request_sent = request_sent
+        # Seconds the gateway asked us to wait (a 429's Retry-After), or the rate limiter's own wait.
+        self.retry_after = retry_after
 
 
 class PermanentGatewayError(GatewayError):
@@ -243,6 +251,31 @@ def as_id(value: object, limit: int = 100) -> str:
     return bounded_key(str(value), limit)
 
 
+# How long a call waits for the rate limit (the client's slot, or a 429's Retry-After) before it fails as a
+# transient error that the caller's retry schedule takes over; and how often a 429 is re-sent in place.
+RATE_LIMIT_MAX_WAIT_SECONDS = 10.0
+RATE_LIMITED_TRIES = 3
+
+
+def _retry_after_seconds(value: str | None) -> float:
+    """A Retry-After header (delta-seconds or an HTTP date) in seconds; 1 s when absent or unreadable."""
+    if value:
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError):
+                return 1.0
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return 1.0
+
+
 # A per-call ceiling on gateway API time, set around a call by code that serves a person waiting on a page
 # (the customer's callback): the workers keep the long PAYSHIFT_HTTP_READ_TIMEOUT. A context variable, so
 # every gateway's methods honour it without a timeout parameter of their own.
@@ -414,7 +447,8 @@ class Gateway(ABC):
 
     def api_request(self, method: str, path: str, endpoint: str, *,
                     headers_extra: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
-        """Call the gateway; classify failures as transient or permanent; return the parsed JSON."""
+        """Call the gateway within its rate limit; classify failures as transient or permanent; return the
+        parsed JSON. A 429 is retried after its Retry-After while that fits the call's time."""
         headers = {"Authorization": f"Bearer {self.api_key()}", "Accept": "application/json",
                    **(headers_extra or {})}
         ceiling = _call_timeout.get()
@@ -422,6 +456,33 @@ class Gateway(ABC):
             kwargs.setdefault("timeout", httpx.Timeout(
                 min(ceiling, app_settings.PAYSHIFT_HTTP_READ_TIMEOUT),
                 connect=min(ceiling, app_settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT)))
+        # A person waiting on a page (the ceiling) waits no longer for a slot than for the answer.
+        max_wait = min(ceiling, RATE_LIMIT_MAX_WAIT_SECONDS) if ceiling is not None else RATE_LIMIT_MAX_WAIT_SECONDS
+        limiter = ratelimit.limiter_for(self.name)
+        for attempt in range(1, RATE_LIMITED_TRIES + 1):
+            if limiter is not None and limiter.acquire(max_wait) is None:
+                metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, "throttled").inc()
+                raise TransientGatewayError(f"{self.name} {endpoint}: over the client rate limit for longer than "
+                                            f"{max_wait:g} s", request_sent=False, retry_after=max_wait)
+            response = self._send(method, path, endpoint, headers, kwargs)
+            if response.status_code != 429:
+                break
+            retry_after = _retry_after_seconds(response.headers.get("retry-after"))
+            # A 429 certainly did nothing (request_sent=False): re-sending is safe, even for a refund. Every
+            # thread of this process holds back until Retry-After, not only this one.
+            if limiter is not None:
+                limiter.pause(retry_after)
+            if attempt == RATE_LIMITED_TRIES or retry_after > max_wait:
+                metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, "429").inc()
+                raise TransientGatewayError(f"{self.name} {endpoint}: HTTP 429", request_sent=False,
+                                            http_status=429, retry_after=retry_after)
+            metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, "429_retried").inc()
+            if limiter is None:
+                time.sleep(retry_after)
+        return self._answer(response, endpoint)
+
+    def _send(self, method: str, path: str, endpoint: str, headers: Mapping[str, str],
+              kwargs: Mapping[str, Any]) -> httpx.Response:
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -439,11 +500,13 @@ class Gateway(ABC):
             metrics.GATEWAY_API_SECONDS.labels(self.name, endpoint).observe(time.perf_counter() - started)
             if outcome != "error":
                 metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, outcome).inc()
+        return response
+
+    def _answer(self, response: httpx.Response, endpoint: str) -> Any:
         code = response.status_code
-        if code == 429 or code >= 500:
+        if code >= 500:
             metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, str(code)).inc()
-            raise TransientGatewayError(f"{self.name} {endpoint}: HTTP {code}", request_sent=code != 429,
-                                        http_status=code)
+            raise TransientGatewayError(f"{self.name} {endpoint}: HTTP {code}", http_status=code)
         try:
             payload = json_loads_strict(response.content)
         except InvalidPayloadError as exc:

@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from payment.conf import app_settings
 
 from .base import Gateway
+from .ratelimit import limiters_reset
 
 _classes: dict[str, type[Gateway]] = {}
 _instances: dict[str, Gateway] = {}
@@ -103,12 +104,13 @@ def gateway_get(name: str) -> Gateway:
 
 
 def registry_reset() -> None:
-    """Drop cached instances (settings changed, e.g. in tests or after a key rotation)."""
+    """Drop cached instances and rate limiters (settings changed, e.g. in tests or after a key rotation)."""
     for instance in list(_instances.values()):
         client = getattr(instance, "_http", None)
         if client is not None:
             client.close()
     _instances.clear()
+    limiters_reset()
 
 
 def gateway_classes() -> dict[str, type[Gateway]]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -153,7 +156,12 @@ def _silent_gateways(now: datetime, budget: _Budget, counts: dict[str, int]) -> 
 
 def _pending_payments_verify(now: datetime, budget: _Budget, counts: dict[str, int]) -> None:
     """Pending payments nobody told us about, oldest check first, in batches, within the budget. Failed and
-    abandoned payments can still turn successful (a later attempt), but only within the TTL."""
+    abandoned payments can still turn successful (a later attempt), but only within the TTL.
+
+    The gateway calls of a batch overlap (PAYSHIFT_RECONCILE_CONCURRENCY threads), paced by the gateway's
+    client rate limit (payment/gateways/ratelimit.py); each call still goes through payment_verify, so the
+    lock, the forward-only rule and allow_unpaid_final are the same as one at a time.
+    """
     recheck = now - timedelta(seconds=app_settings.PAYSHIFT_PENDING_RECHECK_SECONDS)
     ttl_cutoff = now - timedelta(seconds=app_settings.PAYSHIFT_PENDING_TTL_SECONDS)
     candidates = Payment.objects.filter(
@@ -162,24 +170,119 @@ def _pending_payments_verify(now: datetime, budget: _Budget, counts: dict[str, i
         created_at__lt=recheck,
     ).filter(Q(last_verified_at__isnull=True) | Q(last_verified_at__lt=recheck))
     batch_size = app_settings.PAYSHIFT_RECONCILE_BATCH_SIZE
-    while not budget.spent():
-        batch = list(candidates.order_by(F("last_verified_at").asc(nulls_first=True), "id")
-                     .values_list("id", "created_at", "status")[:batch_size])
-        if not batch:
-            return
-        for payment_id, created_at, status in batch:
-            expired = created_at < ttl_cutoff
-            try:
-                # Before the TTL only good news is applied: the customer may still be on the checkout page.
-                new_status = payment_verify(payment_id, allow_unpaid_final=expired and status == S.PENDING)
-                counts["verified"] += 1
-                counts["expired"] += int(expired and new_status != status)
-            except base.GatewayError as exc:
-                counts["errors"] += 1
-                Payment.objects.filter(pk=payment_id).update(last_verified_at=timezone.now())
-                logger.warning("reconcile verify failed", extra={"payment_id": payment_id, "error": str(exc)})
-            if budget.spent():
+    verifier = _Verifier(ttl_cutoff, budget, counts, _reconcile_concurrency())
+    try:
+        while not budget.spent():
+            batch = list(candidates.order_by(F("last_verified_at").asc(nulls_first=True), "id")
+                         .only(*_VERIFY_FIELDS)[:batch_size])
+            if not batch:
                 return
+            # The whole batch is done (every last_verified_at written) before the next SELECT, or the rows
+            # still in flight would be picked again.
+            verifier.run(batch)
+    finally:
+        verifier.close()
+
+
+def _reconcile_concurrency() -> int:
+    """Threads for the verifications: 1 on SQLite (one writer at a time, nothing to overlap with) and inside a
+    caller's transaction (other threads' connections could not see its rows, nor share its locks)."""
+    if connection.vendor == "sqlite" or connection.in_atomic_block:
+        return 1
+    return max(1, app_settings.PAYSHIFT_RECONCILE_CONCURRENCY)
+
+
+# What payment_verify reads of a row before its call, so a batch's rows save it a SELECT each.
+_VERIFY_FIELDS = ("id", "created_at", "status", "reference", "gateway", "amount", "currency", "mode")
+
+
+class _Verifier:
+    """Verifies batches of payment rows (`_VERIFY_FIELDS`), in order, on `threads` threads kept for the run.
+
+    Threads are started once (their DB connections and HTTP connections are reused from batch to batch) and
+    each closes its own DB connection when it ends; a row is started only while the budget lasts. The first
+    unexpected error stops the run and is raised in the caller, as one at a time it would be.
+    """
+
+    def __init__(self, ttl_cutoff: datetime, budget: _Budget, counts: dict[str, int], threads: int) -> None:
+        self.ttl_cutoff = ttl_cutoff
+        self.budget = budget
+        self.counts = counts
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._checked: list[int] = []
+        self._queue: queue.Queue[Payment | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._work, name=f"reconcile-{n}", daemon=True)
+                         for n in range(threads if threads > 1 else 0)]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, batch: list[Payment]) -> None:
+        try:
+            if not self._threads:
+                for row in batch:
+                    if self.budget.spent():
+                        return
+                    self._verify(row)
+                return
+            for row in batch:
+                self._queue.put(row)
+            self._queue.join()
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            self._checks_record()
+
+    def _checks_record(self) -> None:
+        # One UPDATE (one commit) for the batch's checks instead of one per payment: most answers change
+        # nothing, and a commit each was the largest cost of a check. Lost if the process dies first: those
+        # payments are simply checked again.
+        with self._lock:
+            checked, self._checked = self._checked, []
+        if checked:
+            Payment.objects.filter(pk__in=checked).update(last_verified_at=timezone.now())
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        try:
+            while (row := self._queue.get()) is not None:
+                try:
+                    if self._failure is None and not self.budget.spent():
+                        self._verify(row)
+                except BaseException as exc:  # handed to the caller's thread and raised there
+                    with self._lock:
+                        self._failure = self._failure or exc
+                finally:
+                    self._queue.task_done()
+            self._queue.task_done()
+        finally:
+            connection.close()
+
+    def _verify(self, row: Payment) -> None:
+        payment_id, status = row.pk, row.status
+        expired = row.created_at < self.ttl_cutoff
+        try:
+            # Before the TTL only good news is applied: the customer may still be on the checkout page.
+            new_status = payment_verify(payment_id, allow_unpaid_final=expired and status == S.PENDING,
+                                        record_check=False, read=row)
+        except base.GatewayError as exc:
+            # Checked too (a failing gateway must not keep one payment at the head of the queue).
+            logger.warning("reconcile verify failed", extra={"payment_id": payment_id, "error": str(exc)})
+            self._count(payment_id, "errors")
+            return
+        self._count(payment_id, "verified", "expired" if expired and new_status != status else "")
+
+    def _count(self, payment_id: int, *names: str) -> None:
+        with self._lock:
+            self._checked.append(payment_id)
+            for name in names:
+                if name:
+                    self.counts[name] += 1
 
 
 # The steps, in order: the cheap safety nets first, the gateway-bound re-verification last (it uses what

@@ -41,6 +41,13 @@ _CONFIG_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-refunds", "max_refunds", int, "refunds kept in memory; the oldest finished go first (default 10000)"),
     ("--max-transactions", "max_transactions", int, "references kept in memory; the oldest go first (default 50000)"),
     ("--max-deliveries", "max_deliveries", int, "delivery attempts kept in the log (default 10000)"),
+    (
+        "--rate-limit-per-s",
+        "rate_limit_per_s",
+        float,
+        "API requests a second per secret key before a 429 with Retry-After (default 50; 0 = no limit)",
+    ),
+    ("--rate-limit-burst", "rate_limit_burst", int, "requests a key may make at once within the limit (default 50)"),
     ("--seed", "seed", int, "seed for the fault dice (reproducible runs)"),
 ]
 _FAULT_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -119,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     served = ", ".join(f"{g.label} at {config.public_url}/{g.api_path}" for g in config.registry.values())
     print(
-        f"sandbox: {served}, webhooks to {config.webhook_base_url}; faults {_active(config.faults)}",
+        f"sandbox: {served}, webhooks to {config.webhook_base_url}; faults {_active(config.faults)}; "
+        f"rate limit {_limit(config)}",
         file=sys.stderr,
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal; exit 0 so
@@ -139,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _limit(config: SandboxConfig) -> str:
+    limit = config.rate_limit
+    return f"{limit.per_s:g}/s per key, bursts of {limit.burst}" if limit.per_s else "off"
 
 
 def _active(faults: Faults) -> str:

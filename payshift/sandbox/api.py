@@ -133,6 +133,16 @@ class GatewayApi:
     ) -> Response:
         return json_response(status, self.error_body(status, message, code, next_step), headers)
 
+    def rate_limited(self, retry_after_s: int) -> Response:
+        """The 429 of a key over its limit (or of the rate_limit fault), in the gateway's error envelope."""
+        return self.error(
+            429,
+            "Too many requests",
+            headers={"Retry-After": str(retry_after_s)},
+            code="rate_limited",
+            next_step="Wait for the Retry-After seconds, then try again",
+        )
+
     def route(self, path: str, handler: Handler, methods: list[str]) -> Route:
         async def endpoint(request: Request) -> Response:
             return await self._serve(request, handler)
@@ -156,13 +166,7 @@ class GatewayApi:
         if plan.error_status is not None:
             return self.error(plan.error_status, "An error occurred while processing your request", code="unknown")
         if plan.rate_limit_retry_after_s is not None:
-            return self.error(
-                429,
-                "Too many requests",
-                headers={"Retry-After": str(plan.rate_limit_retry_after_s)},
-                code="rate_limited",
-                next_step="Wait for the Retry-After seconds, then try again",
-            )
+            return self.rate_limited(plan.rate_limit_retry_after_s)
         response = await self._authorised(request, handler, runtime)
         return await self._maybe_time_out(plan, response)
 
@@ -183,6 +187,10 @@ class GatewayApi:
                 code="invalid_Key",
                 next_step="Ensure that you provide the correct authorization key for the request",
             )
+        retry_after = runtime.rate_limiter.retry_after(key)
+        if retry_after is not None:
+            log.info("sandbox %s %s %s: 429 rate limited", self.name, request.method, request.url.path)
+            return self.rate_limited(retry_after)
         try:
             status, body = await handler(request, ApiCall(runtime, self.mode_for_key(key)))
         except ApiError as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from payshift.sandbox.faults import Faults
+from payshift.sandbox.ratelimit import RateLimit
 from payshift.sandbox.registry import BUILTIN_PACKAGE, GatewayRegistry, discover
 
 
@@ -31,6 +32,10 @@ class SandboxConfig:
     max_deliveries: int = 10_000  # ring buffer of delivery attempts
     max_refunds: int = 10_000  # the oldest finished refunds are forgotten past this
     max_transactions: int = 50_000  # references (with their charges and customers); the oldest go first
+    # The API's rate limit per secret key (docs/sandbox.md, "Rate limit"): Paystack's published limit for its
+    # verify endpoint in live mode, 3,000 a minute. 0 turns it off; the control API changes it at run time.
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 50
     seed: int | None = None
     gateway_packages: tuple[str, ...] = (BUILTIN_PACKAGE,)
     faults: Faults = field(default_factory=Faults)
@@ -63,6 +68,7 @@ class SandboxConfig:
             raise ValueError("refund_delay_ms must be >= 0 and max_refunds >= 1")
         if self.max_deliveries < 1 or self.max_transactions < 1:
             raise ValueError("max_deliveries and max_transactions must be >= 1")
+        self.rate_limit.validate()
         self.webhook_base_url = self.webhook_base_url.rstrip("/")
         self.public_url = self.public_url.rstrip("/")
 
@@ -72,6 +78,10 @@ class SandboxConfig:
         if name in settings:
             return settings[name]
         raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        return RateLimit(float(self.rate_limit_per_s), int(self.rate_limit_burst))
 
     @property
     def registry(self) -> GatewayRegistry:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from payshift.sandbox.api import ascii_int
 from payshift.sandbox.faults import FaultSpecError
 from payshift.sandbox.money import AmountError, format_major, parse_minor
+from payshift.sandbox.ratelimit import KeyBuckets, RateLimit
 from payshift.sandbox.registry import GatewayRegistry
 from payshift.sandbox.runtime import Runtime
 from payshift.sandbox.state import STATUSES, Checkout, Refund, Store, StoreFullError, TransactionSpec, iso
@@ -213,6 +214,38 @@ async def faults_set(request: Request) -> JSONResponse:
     return JSONResponse(runtime.faults.as_dict())
 
 
+def _rate_limit_view(limit: RateLimit) -> dict[str, Any]:
+    return {"per_s": limit.per_s, "burst": limit.burst}
+
+
+async def rate_limit_get(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(_rate_limit_view(runtime.rate_limiter.limit))
+
+
+async def rate_limit_set(request: Request) -> JSONResponse:
+    """Change the per-key rate limit (`{"per_s": 10, "burst": 5}`, either key); the buckets start full again.
+    POST /_sandbox/reset restores the start values."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        body = await _json_object(request)
+        unknown = sorted(set(body) - {"per_s", "burst"})
+        if unknown:
+            raise ValueError(f"unknown rate limit setting(s): {', '.join(unknown)}")
+        current = runtime.rate_limiter.limit
+        per_s, burst = body.get("per_s", current.per_s), body.get("burst", current.burst)
+        if isinstance(per_s, bool) or not isinstance(per_s, int | float):
+            raise ValueError("per_s must be a number")
+        if isinstance(burst, bool) or not isinstance(burst, int):
+            raise ValueError("burst must be an integer")
+        limit = RateLimit(float(per_s), burst)
+        limit.validate()
+    except ValueError as exc:
+        return _error(400, str(exc))
+    runtime.rate_limiter = KeyBuckets(limit)
+    return JSONResponse(_rate_limit_view(limit))
+
+
 async def reset(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     await runtime.reset()
@@ -231,5 +264,7 @@ ROUTES = [
     Route("/_sandbox/deliveries", deliveries, methods=["GET"]),
     Route("/_sandbox/faults", faults_get, methods=["GET"]),
     Route("/_sandbox/faults", faults_set, methods=["POST"]),
+    Route("/_sandbox/rate-limit", rate_limit_get, methods=["GET"]),
+    Route("/_sandbox/rate-limit", rate_limit_set, methods=["POST"]),
     Route("/_sandbox/reset", reset, methods=["POST"]),
 ]

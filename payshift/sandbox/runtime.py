@@ -14,6 +14,7 @@ import httpx
 from payshift.sandbox import webhooks
 from payshift.sandbox.config import SandboxConfig
 from payshift.sandbox.faults import Faults
+from payshift.sandbox.ratelimit import KeyBuckets
 from payshift.sandbox.state import Store
 
 log = logging.getLogger("sandbox")
@@ -34,6 +35,7 @@ class Runtime:
             first_charge_ids={name: gateway.first_charge_id for name, gateway in self.registry.items()},
         )
         self.faults: Faults = config.faults
+        self.rate_limiter = KeyBuckets(config.rate_limit)
         self.rng = random.Random(config.seed)
         self._transport = webhook_transport
         self._client: httpx.AsyncClient | None = None
@@ -76,6 +78,7 @@ class Runtime:
         with self.store.lock:
             self.store.reset()
         self.faults = self.config.faults
+        self.rate_limiter = KeyBuckets(self.config.rate_limit)
 
     async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks)
