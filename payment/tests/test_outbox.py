@@ -94,6 +94,24 @@ def test_a_burst_is_published_in_batches_each_event_once(client: Client, broker:
     assert len(broker.calls) < len(ids)
 
 
+def test_the_linger_gathers_a_stream_into_one_message(client: Client, broker: Broker, settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 2.0
+    ids = [_post(client, f"OUT-L{i}") for i in range(5)]
+    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 5)
+    assert broker.calls == [("process_payment_webhooks", ids)]
+
+
+def test_a_full_batch_is_published_without_waiting_out_the_linger(client: Client, broker: Broker,
+                                                                   settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 60.0
+    settings.PAYSHIFT_OUTBOX_BATCH_SIZE = 3
+    started = time.monotonic()
+    ids = [_post(client, f"OUT-F{i}") for i in range(3)]
+    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 3)
+    assert time.monotonic() - started < 30
+    assert broker.calls == [("process_payment_webhooks", ids)]
+
+
 def test_nothing_is_published_for_a_rolled_back_insert(broker: Broker) -> None:
     body = paystack_charge("OUT-RB")
     from payment.gateways.base import json_dumps
