@@ -42,11 +42,12 @@ class Ports:
 
 
 def bench_topology(ports: Ports) -> Topology:
-    """The web as payshift/processes.py runs it everywhere (gthread, 2 workers x 4 threads), with no access
+    """The web as payshift/processes.py runs it everywhere (gthread, 2 workers x 8 threads), with no access
     log for every target alike: the bench measures the application, not gunicorn's log writes."""
     return Topology(
-        web_port=ports.web, sandbox_port=ports.sandbox, web_workers=int(os.environ.get("BENCH_WEB_WORKERS", "2")),
-        web_threads=int(os.environ.get("BENCH_WEB_THREADS", "4")),
+        web_port=ports.web, sandbox_port=ports.sandbox,
+        web_workers=int(os.environ.get("BENCH_WEB_WORKERS", Topology.web_workers)),
+        web_threads=int(os.environ.get("BENCH_WEB_THREADS", Topology.web_threads)),
         web_args=("--graceful-timeout", "5", "--timeout", "60", "--backlog", "2048"),
         # The product's worker command (all queues, no -Q), with the bench app that adds the no-op reference.
         celery_app="bench.celeryapp", celery_nodes={"worker": f"bench{secrets.token_hex(2)}@%h"},

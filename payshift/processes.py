@@ -52,7 +52,9 @@ class Topology:
     python: str = sys.executable
     checkout: Path | None = CHECKOUT  # whose manage.py runs the Q cluster (the chaos run: its code snapshot)
     web_workers: int = 2
-    web_threads: int = 4
+    # A webhook's request mostly waits for its durable commit: 8 threads per process overlap those waits
+    # (bench/FINDINGS.md: saturation up about a quarter from 4 threads, for about 16 database connections).
+    web_threads: int = 8
     web_args: tuple[str, ...] = ()
     celery_app: str = "payshift"
     # Process name -> Celery node name; the chaos run starts two workers.
