@@ -59,6 +59,7 @@ app.conf.update(
     task_default_routing_key="webhooks",
     task_routes={
         "process_payment_webhook": {"queue": "webhooks", "routing_key": "webhooks"},
+        "process_payment_webhooks": {"queue": "webhooks", "routing_key": "webhooks"},
         "check_pending_payments": {"queue": "reconcile", "routing_key": "reconcile"},
         "verify_payment_task": {"queue": "reconcile", "routing_key": "reconcile"},
         "process_refund_task": {"queue": "refunds", "routing_key": "refunds"},
