@@ -74,7 +74,7 @@ def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sand
     ids = payloads.sandbox_seed(sandbox_url, made)
     reqs = payloads.signed_requests(made, ids)
     event_ids = []
-    with mock.patch("payment.queueing.event_dispatch"):  # the probe runs them itself, no broker
+    with mock.patch("payment.outbox.relay.submit"):  # the probe runs them itself, no broker
         for req in reqs:
             result = services.webhook_receive(gateway_name=req.path.rstrip("/").rsplit("/", 1)[1], body=req.body,
                                               headers={"content-type": "application/json", req.header: req.value},
