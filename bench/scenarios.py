@@ -266,6 +266,7 @@ class Bench:
             log(f"redis down saturation: {saturation['rps']} req/s p99 {saturation['latency_ms']['p99']} ms "
                 f"errors {saturation['errors']} 5xx {saturation['errors_5xx']}")
             time.sleep(2.0)  # requests wrk left in flight finish server-side after it exits
+            handed = self._handed_to_django_q("RDN")
             with connection.cursor() as cursor:
                 cursor.execute("SELECT count(*) FROM django_q_ormq")
                 after_row = cursor.fetchone()
@@ -278,8 +279,25 @@ class Bench:
             self.stack.start_web()
         return {"saturation": saturation, f"rate_{s.redis_down_rate}": rate,
                 "django_q_tasks_enqueued": (after_row[0] if after_row else 0) - before,
+                "events_to_django_q": handed,
                 "events_stored": stored_row[0] if stored_row else 0,
                 "result_backend": self._redis_down_result_backend()}
+
+    def _handed_to_django_q(self, prefix: str, *, skip: int = 0, wait_s: float = 20.0) -> int:
+        """Events of this prefix (past the first `skip`, the warm-up) that a queue took while Redis was down:
+        `queued` rows, since no worker runs in this scenario and Celery could not take them. The outbox relay
+        hands them over in batches (one Django Q task per batch) a little after the answers, so wait until the
+        count stops moving."""
+        sql = ("SELECT count(*) FROM payment_webhookevent WHERE reference LIKE %s AND reference >= %s "
+               "AND status = 'queued'")
+        params = [f"{prefix}-%", f"{prefix}-{skip:07d}"]
+        deadline, last = time.monotonic() + wait_s, -1
+        while True:
+            count = self._count(sql, params)
+            if count == last or time.monotonic() > deadline:
+                return count
+            last = count
+            time.sleep(1.0)
 
     def _redis_down_result_backend(self) -> dict[str, Any]:
         """The configuration users copy: broker AND result backend on the one Redis, which then dies, either
@@ -303,6 +321,7 @@ class Bench:
             try:
                 rate = self._open("web", path, reqs[warm_n:], s.redis_down_backend_rate)
                 time.sleep(2.0)
+                rate["events_to_django_q"] = self._handed_to_django_q(prefix, skip=warm_n)
                 rate["django_q_tasks_enqueued"] = self._count("SELECT count(*) FROM django_q_ormq") - queued_before
                 rate["events_stored"] = self._count(
                     "SELECT count(*) FROM payment_webhookevent WHERE reference LIKE %s", [f"{prefix}-%"]) - warm_n
@@ -313,7 +332,8 @@ class Bench:
             log(f"redis {mode}, result backend on it, {s.redis_down_backend_rate} req/s: first "
                 f"{rate['first_ms']} ms, p50 {rate['latency_ms']['p50']} ms, p99 {rate['latency_ms']['p99']} ms, "
                 f"max {rate['latency_ms']['max']} ms, errors {rate['errors']} 5xx {rate['errors_5xx']}, "
-                f"Django Q {rate['django_q_tasks_enqueued']} of {rate['events_stored']} stored")
+                f"to Django Q {rate['events_to_django_q']} of {rate['events_stored']} stored "
+                f"({rate['django_q_tasks_enqueued']} tasks)")
             results[mode] = rate
         self.stack.stop("web")
         self.stack.start_web()  # what follows runs on the configuration without a result backend

@@ -45,6 +45,20 @@ def process_payment_webhook_q(event_id: int, attempt: int = 0, retake: str = "",
         return "retry_scheduled"
 
 
+def process_payment_webhooks_q(event_ids: list[int]) -> dict[str, str]:
+    """A batch the outbox relay handed to Django Q as one task (the broker was down): each event as
+    process_payment_webhook_q would, each with its own retry schedule. A cluster worker killed mid-batch has
+    the task delivered again (Q_CLUSTER's retry); the events it finished are no-ops the second time."""
+    results: dict[str, str] = {}
+    for event_id in event_ids:
+        try:
+            results[str(event_id)] = process_payment_webhook_q(int(event_id))
+        except Exception:  # one event's surprise must not keep the rest from running: the sweep retries it
+            logger.exception("batch member failed; the sweep will retry", extra={"event_id": event_id})
+            results[str(event_id)] = "left_for_sweep"
+    return results
+
+
 def _database_retry(event_id: int, *, attempt: int, retake: str, db_attempt: int, error: Exception) -> str:
     """The Celery task's policy for a database that went away: retry with backoff, holding on to the claim,
     and never drop the event. Normally a Schedule row carries the retry; when the database refuses that

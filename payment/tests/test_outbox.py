@@ -16,7 +16,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from payment import outbox, queueing, services, sql, tasks
+from payment import outbox, q_tasks, queueing, services, sql, tasks
 from payment.models import EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
 
 from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
@@ -153,15 +153,37 @@ def test_relay_memory_is_bounded_and_the_rest_waits_for_the_sweep(broker: Broker
     assert broker.calls[1] == ("process_payment_webhooks", [10_002, 10_003, 10_004])
 
 
-def test_broker_down_each_event_goes_to_django_q_and_is_marked_queued(client: Client) -> None:
+def test_broker_down_the_batch_goes_to_django_q_as_one_task_and_is_marked_queued(client: Client) -> None:
     ids = []
     with mock.patch.object(outbox.relay, "submit"):
         ids = [_post(client, f"OUT-Q{i}") for i in range(3)]
     with mock.patch("payment.queueing._celery_publish", return_value=False), \
             mock.patch("payment.queueing._django_q_enqueue", return_value=True) as enqueue:
         assert queueing.events_dispatch(ids) == "django_q"
-    assert [c.args[1] for c in enqueue.call_args_list] == ids
+        assert queueing.events_dispatch(ids[:1]) == "django_q"
+    assert [c.args[:2] for c in enqueue.call_args_list] == [
+        ("payment.q_tasks.process_payment_webhooks_q", ids), ("payment.q_tasks.process_payment_webhook_q", ids[0])]
     assert set(WebhookEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {EventStatus.QUEUED}
+
+
+@respx.mock
+def test_django_q_batch_task_processes_each_event_and_keeps_going_after_a_surprise(client: Client) -> None:
+    for ref in ("OUT-DQ0", "OUT-DQ1"):
+        make_payment(ref)
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, ref) for ref in ("OUT-DQ0", "OUT-DQ1")]
+    verify_route("OUT-DQ1", paystack_verify_answer("OUT-DQ1"))
+    real = q_tasks.process_payment_webhook_q
+
+    def first_breaks(event_id: int, *args: Any) -> str:
+        if event_id == ids[0]:
+            raise RuntimeError("a bug in one event")
+        return real(event_id, *args)
+
+    with mock.patch.object(q_tasks, "process_payment_webhook_q", side_effect=first_breaks):
+        assert q_tasks.process_payment_webhooks_q(ids) == {str(ids[0]): "left_for_sweep",
+                                                           str(ids[1]): EventStatus.PROCESSED}
+    assert Payment.objects.get(reference="OUT-DQ1").status == PaymentStatus.SUCCESS
 
 
 def test_no_queue_reachable_leaves_the_events_received_for_the_sweep(client: Client) -> None:
