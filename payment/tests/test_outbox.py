@@ -94,22 +94,29 @@ def test_a_burst_is_published_in_batches_each_event_once(client: Client, broker:
     assert len(broker.calls) < len(ids)
 
 
-def test_the_linger_gathers_a_stream_into_one_message(client: Client, broker: Broker, settings: Any) -> None:
+def test_a_quiet_stream_is_published_at_once_and_a_busy_one_gathers(client: Client, broker: Broker,
+                                                                    settings: Any) -> None:
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 2.0
-    ids = [_post(client, f"OUT-L{i}") for i in range(5)]
-    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 5)
-    assert broker.calls == [("process_payment_webhooks", ids)]
+    started = time.monotonic()
+    first = _post(client, "OUT-L0")
+    _wait(lambda: WebhookEvent.objects.get(pk=first).status == EventStatus.QUEUED)
+    assert time.monotonic() - started < 1.5  # the relay was idle: no linger for a lone webhook
+    ids = [_post(client, f"OUT-L{i}") for i in range(1, 5)]  # within a linger of that publish: busy
+    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 4)
+    assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhooks", ids)]
 
 
 def test_a_full_batch_is_published_without_waiting_out_the_linger(client: Client, broker: Broker,
                                                                    settings: Any) -> None:
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 60.0
     settings.PAYSHIFT_OUTBOX_BATCH_SIZE = 3
+    first = _post(client, "OUT-F0")  # an idle relay publishes it at once; what follows is "busy"
+    _wait(lambda: WebhookEvent.objects.get(pk=first).status == EventStatus.QUEUED)
     started = time.monotonic()
-    ids = [_post(client, f"OUT-F{i}") for i in range(3)]
+    ids = [_post(client, f"OUT-F{i}") for i in range(1, 4)]
     _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 3)
     assert time.monotonic() - started < 30
-    assert broker.calls == [("process_payment_webhooks", ids)]
+    assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhooks", ids)]
 
 
 def test_nothing_is_published_for_a_rolled_back_insert(broker: Broker) -> None:
