@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
@@ -48,15 +50,32 @@ def process_payment_webhook_q(event_id: int, attempt: int = 0, retake: str = "",
 def process_payment_webhooks_q(event_ids: list[int]) -> dict[str, str]:
     """A batch the outbox relay handed to Django Q as one task (the broker was down): each event as
     process_payment_webhook_q would, each with its own retry schedule. A cluster worker killed mid-batch has
-    the task delivered again (Q_CLUSTER's retry); the events it finished are no-ops the second time."""
+    the task delivered again (Q_CLUSTER's retry); the events it finished are no-ops the second time.
+
+    The cluster ends a task at its timeout by raising SystemExit wherever the task is (between a sent
+    notification and its mark, say), and a batch of slow verifications outlasts it where one event does not:
+    a member starts only within half of that timeout, and the rest go on as a new batch task."""
     results: dict[str, str] = {}
-    for event_id in event_ids:
+    deadline = time.monotonic() + _batch_budget_seconds()
+    for position, event_id in enumerate(event_ids):
+        if position and time.monotonic() >= deadline:
+            rest = [int(i) for i in event_ids[position:]]
+            # Not handed on only when the database refuses the task too: the rows are `queued`, the sweep's.
+            outcome = "handed_on" if queueing.events_hand_to_django_q(rest) else "left_for_sweep"
+            results.update({str(i): outcome for i in rest})
+            break
         try:
             results[str(event_id)] = process_payment_webhook_q(int(event_id))
         except Exception:  # one event's surprise must not keep the rest from running: the sweep retries it
             logger.exception("batch member failed; the sweep will retry", extra={"event_id": event_id})
             results[str(event_id)] = "left_for_sweep"
     return results
+
+
+def _batch_budget_seconds() -> float:
+    """How long a batch task may go on starting members: half of Q_CLUSTER's timeout (none: no limit)."""
+    timeout = (getattr(settings, "Q_CLUSTER", None) or {}).get("timeout")
+    return float(timeout) / 2 if timeout else math.inf
 
 
 def _database_retry(event_id: int, *, attempt: int, retake: str, db_attempt: int, error: Exception) -> str:

@@ -229,8 +229,7 @@ def events_dispatch(event_ids: Sequence[int]) -> str:
     elif len(ids) == 1:
         if _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", ids[0], task_name=f"event-{ids[0]}"):
             taken, queue = ids, "django_q"
-    elif _django_q_enqueue("payment.q_tasks.process_payment_webhooks_q", ids,
-                           task_name=f"events-{ids[0]}-{ids[-1]}-{len(ids)}"):
+    elif events_hand_to_django_q(ids):
         # One ORM task for the batch too: a Django Q enqueue is an INSERT, and with the broker down the relay
         # must keep up with the webhooks (bench scenario 3).
         taken, queue = ids, "django_q"
@@ -250,6 +249,13 @@ def events_dispatch(event_ids: Sequence[int]) -> str:
         # One line per batch; each event's own line is "webhook received" (payment.services).
         logger.info("webhooks dispatched", extra={"event_ids": taken, "queue": queue, "path": "ingest"})
     return queue
+
+
+def events_hand_to_django_q(event_ids: Sequence[int]) -> bool:
+    """A batch as one Django Q task (process_payment_webhooks_q): from the relay, or a batch task's rest."""
+    ids = [int(i) for i in event_ids]
+    return _django_q_enqueue("payment.q_tasks.process_payment_webhooks_q", ids,
+                             task_name=f"events-{ids[0]}-{ids[-1]}-{len(ids)}")
 
 
 def event_hand_to_django_q(event_id: int, *, attempt: int = 0, delay_seconds: float = 0.0, retake: str = "",

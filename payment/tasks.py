@@ -35,8 +35,9 @@ def process_payment_webhook(self: Task[Any, Any], event_id: int, retake: str = "
 def process_payment_webhooks(event_ids: list[int]) -> dict[str, str]:
     """A batch the outbox relay published as one message (payment/outbox.py). Each event is processed as
     process_payment_webhook would; one that needs a retry goes on as its own process_payment_webhook message,
-    with that task's retry schedule, so it never holds back the rest. A worker killed mid-batch has the whole
-    message redelivered (acks_late): the events it finished are no-ops the second time."""
+    with that task's retry schedule, so it never holds back the rest; nor does one that fails unexpectedly (the
+    sweep retries it, as it would the single task's). A worker killed mid-batch has the whole message
+    redelivered (acks_late): the events it finished are no-ops the second time."""
     results: dict[str, str] = {}
     for event_id in event_ids:
         def again(kwargs: dict[str, Any], countdown: float, exc: Exception, event_id: int = event_id) -> NoReturn:
@@ -54,6 +55,9 @@ def process_payment_webhooks(event_ids: list[int]) -> dict[str, str]:
             results[str(event_id)] = _webhook_attempt(event_id, retake="", retries_done=0, again=again)
         except _Retried:
             results[str(event_id)] = "retrying"
+        except Exception:  # the message would fail, and the members after this one wait for the sweep's 15 min
+            logger.exception("batch member failed; the sweep will retry", extra={"event_id": event_id})
+            results[str(event_id)] = "left_for_sweep"
     return results
 
 

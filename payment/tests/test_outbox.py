@@ -9,12 +9,14 @@ from datetime import timedelta
 from typing import Any
 from unittest import mock
 
+import httpx
 import pytest
 import respx
 from django.db import connection, connections, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_q.timeout import TimeoutHandler
 
 from payment import outbox, q_tasks, queueing, services, sql, tasks
 from payment.models import EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
@@ -193,6 +195,37 @@ def test_django_q_batch_task_processes_each_event_and_keeps_going_after_a_surpri
     assert Payment.objects.get(reference="OUT-DQ1").status == PaymentStatus.SUCCESS
 
 
+@respx.mock
+def test_django_q_batch_hands_on_what_would_outlast_the_cluster_timeout(client: Client, settings: Any) -> None:
+    # The cluster ends a task at Q_CLUSTER's timeout by raising SystemExit inside it (django_q's
+    # TimeoutHandler): the event being processed would stay `processing` and the rest `queued` for
+    # PAYSHIFT_PROCESSING_STUCK_SECONDS, and an interruption between a sent notification and its mark would
+    # send it again. Twenty slow verifications in one task outlast it where one never did.
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 2}
+    refs = [f"OUT-QT{i}" for i in range(5)]
+    for ref in refs:
+        make_payment(ref)
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, ref) for ref in refs]
+
+    def slow_gateway(request: Any) -> Any:
+        time.sleep(0.5)
+        reference = request.url.path.rsplit("/", 1)[1]
+        return httpx.Response(200, json=paystack_verify_answer(reference))
+
+    respx.get(url__regex=r".*/transaction/verify/.*").mock(side_effect=slow_gateway)
+    try:
+        with mock.patch("payment.queueing._django_q_enqueue", return_value=True) as enqueue, TimeoutHandler(2):
+            results = q_tasks.process_payment_webhooks_q(ids)
+    except SystemExit as exc:  # what the cluster raises at its timeout
+        left = dict(WebhookEvent.objects.filter(pk__in=ids).values_list("pk", "status"))
+        pytest.fail(f"the cluster's timeout ended the batch ({exc}); events left: {left}")
+    handed_on = [arg for call in enqueue.call_args_list for arg in call.args[1]]
+    assert sorted(handed_on + [int(i) for i, r in results.items() if r == EventStatus.PROCESSED]) == ids
+    assert handed_on and enqueue.call_args.args[0] == "payment.q_tasks.process_payment_webhooks_q"
+    assert not WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.PROCESSING).exists()
+
+
 def test_no_queue_reachable_leaves_the_events_received_for_the_sweep(client: Client) -> None:
     with mock.patch.object(outbox.relay, "submit"):
         ids = [_post(client, f"OUT-N{i}") for i in range(2)]
@@ -264,6 +297,29 @@ def test_batch_member_whose_retry_cannot_be_published_is_left_for_the_sweep(clie
     assert result[str(ids[1])] == EventStatus.PROCESSED
     first = WebhookEvent.objects.get(pk=ids[0])
     assert first.status == EventStatus.FAILED and first.next_attempt_at is not None  # the sweep's when it is due
+
+
+@respx.mock
+def test_celery_batch_keeps_going_after_one_member_s_surprise(client: Client) -> None:
+    # One event's unexpected error must not fail the whole message: the members after it would sit `queued`
+    # until the sweep takes them as stuck (PAYSHIFT_PROCESSING_STUCK_SECONDS, 15 minutes), as the Django Q
+    # batch task already guards against.
+    for ref in ("OUT-CU0", "OUT-CU1"):
+        make_payment(ref)
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, ref) for ref in ("OUT-CU0", "OUT-CU1")]
+    verify_route("OUT-CU1", paystack_verify_answer("OUT-CU1"))
+    real = services.webhook_event_process
+
+    def first_breaks(event_id: int, **kwargs: Any) -> str:
+        if event_id == ids[0]:
+            raise RuntimeError("a bug in one event")
+        return real(event_id, **kwargs)
+
+    with mock.patch.object(tasks.services, "webhook_event_process", side_effect=first_breaks):
+        result = tasks.process_payment_webhooks.apply(args=[ids]).get()
+    assert result == {str(ids[0]): "left_for_sweep", str(ids[1]): EventStatus.PROCESSED}
+    assert Payment.objects.get(reference="OUT-CU1").status == PaymentStatus.SUCCESS
 
 
 def test_fast_insert_stores_what_the_orm_would(client: Client) -> None:
