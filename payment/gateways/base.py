@@ -255,6 +255,10 @@ def as_id(value: object, limit: int = 100) -> str:
 # transient error that the caller's retry schedule takes over; and how often a 429 is re-sent in place.
 RATE_LIMIT_MAX_WAIT_SECONDS = 10.0
 RATE_LIMITED_TRIES = 3
+# A 429 holds this process's calls to that gateway back for its Retry-After, but never longer than this: one
+# answer asking for an hour must not stop every verification of the process for an hour (the next call past
+# this bound learns the gateway's current answer).
+RETRY_AFTER_HOLD_MAX_SECONDS = 60.0
 
 
 def _retry_after_seconds(value: str | None) -> float:
@@ -471,7 +475,7 @@ class Gateway(ABC):
             # A 429 certainly did nothing (request_sent=False): re-sending is safe, even for a refund. Every
             # thread of this process holds back until Retry-After, not only this one.
             if limiter is not None:
-                limiter.pause(retry_after)
+                limiter.pause(min(retry_after, RETRY_AFTER_HOLD_MAX_SECONDS))
             if attempt == RATE_LIMITED_TRIES or retry_after > max_wait:
                 metrics.GATEWAY_API_ERRORS.labels(self.name, endpoint, "429").inc()
                 raise TransientGatewayError(f"{self.name} {endpoint}: HTTP 429", request_sent=False,

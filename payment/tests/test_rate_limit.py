@@ -210,3 +210,19 @@ def test_a_long_retry_after_fails_fast_and_holds_the_process_back(settings: Any)
                                                   ("-2", 0.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
 def test_retry_after_is_read_as_seconds_or_a_date(header: str | None, expected: float) -> None:
     assert base._retry_after_seconds(header) == expected
+
+
+@respx.mock
+def test_a_very_long_retry_after_holds_the_process_back_a_bounded_time(settings: Any) -> None:
+    settings.PAYSHIFT_GATEWAY_RATE_LIMIT = "40"
+    respx.get(f"{PAYSTACK_API}/transaction/verify/RA-9").mock(return_value=httpx.Response(
+        429, headers={"Retry-After": "3600"}, content=b'{"status":false,"message":"Rate limit exceeded!"}'))
+    gateway = gateway_get("paystack")
+    with pytest.raises(TransientGatewayError) as raised:
+        gateway.verify_transaction(reference="RA-9")
+    assert raised.value.retry_after == 3600  # the caller's retry schedule still learns the gateway's answer
+    limiter = limiter_for("paystack")
+    assert limiter is not None
+    # The next call of this process is due within the hold's bound, not in an hour.
+    due_in = limiter._due - time.monotonic()
+    assert base.RETRY_AFTER_HOLD_MAX_SECONDS - 5 < due_in <= base.RETRY_AFTER_HOLD_MAX_SECONDS + 1
