@@ -183,6 +183,21 @@ def _django_q_enqueue(func: str, *args: Any, **options: Any) -> bool:
     return True
 
 
+def _events_publish(ids: list[int]) -> str:
+    """The queue choice for one event or a batch: Celery, else Django Q, else "none". A batch is one message
+    (process_payment_webhooks) and one Django Q task: with the broker down the relay must keep up with the
+    webhooks (bench scenario 3), and a Django Q enqueue is an INSERT."""
+    if len(ids) == 1:
+        if _celery_publish("process_payment_webhook", ids[0]):
+            return "celery"
+        if _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", ids[0], task_name=f"event-{ids[0]}"):
+            return "django_q"
+        return "none"
+    if _celery_publish("process_payment_webhooks", ids):
+        return "celery"
+    return "django_q" if events_hand_to_django_q(ids) else "none"
+
+
 def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str, Any] | None = None) -> str:
     """Hand a stored event to a worker. Returns "celery", "django_q" or "none" (left for the sweep)."""
     fields = {"event_id": event_id, "path": path, **(log_fields or {})}
@@ -194,11 +209,7 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
             status=EventStatus.QUEUED, updated_at=now)
         if not moved:
             return "none"
-    taken = "none"
-    if _celery_publish("process_payment_webhook", event_id):
-        taken = "celery"
-    elif _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", event_id, task_name=f"event-{event_id}"):
-        taken = "django_q"
+    taken = _events_publish([event_id])
     if taken == "none":
         # Nothing took it: the row stays in the inbox as "received" and the periodic sweep retries it.
         WebhookEvent.objects.filter(pk=event_id, status=EventStatus.QUEUED).update(
@@ -211,9 +222,8 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
 
 
 def events_dispatch(event_ids: Sequence[int]) -> str:
-    """Publish events the webhook view stored (`received`), for the outbox relay: one Celery message for the
-    batch (a batch of one is the plain process_payment_webhook message), else each to Django Q; then mark
-    what a queue took `queued`. Returns "celery", "django_q", "none" or "partial".
+    """Publish events the webhook view stored (`received`), for the outbox relay, then mark them `queued`.
+    Returns "celery", "django_q" or "none" (the rows stay `received` for the sweep).
 
     Publish first, mark after: a relay that dies in between leaves `received` rows that the sweep publishes
     again (processing is idempotent), never a `queued` row that no broker holds. The mark only moves rows
@@ -221,33 +231,19 @@ def events_dispatch(event_ids: Sequence[int]) -> str:
     ids = [int(i) for i in event_ids]
     if not ids:
         return "none"
-    taken: list[int] = []
-    queue = "none"
-    if _celery_publish("process_payment_webhook", ids[0]) if len(ids) == 1 else \
-            _celery_publish("process_payment_webhooks", ids):
-        taken, queue = ids, "celery"
-    elif len(ids) == 1:
-        if _django_q_enqueue("payment.q_tasks.process_payment_webhook_q", ids[0], task_name=f"event-{ids[0]}"):
-            taken, queue = ids, "django_q"
-    elif events_hand_to_django_q(ids):
-        # One ORM task for the batch too: a Django Q enqueue is an INSERT, and with the broker down the relay
-        # must keep up with the webhooks (bench scenario 3).
-        taken, queue = ids, "django_q"
+    queue = _events_publish(ids)
     now = timezone.now()
-    if taken:
-        WebhookEvent.objects.filter(pk__in=taken, status=EventStatus.RECEIVED).update(
-            status=EventStatus.QUEUED, updated_at=now)
-        metrics.EVENTS_DISPATCHED.labels("celery" if queue == "celery" else "django_q").inc(len(taken))
-    taken_set = set(taken)
-    left = [i for i in ids if i not in taken_set]
-    if left:
-        # Nothing took these: the rows stay `received` and the periodic sweep retries them.
-        WebhookEvent.objects.filter(pk__in=left, status=EventStatus.RECEIVED).update(
+    if queue == "none":
+        # Nothing took them: the rows stay `received` and the periodic sweep retries them.
+        WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.RECEIVED).update(
             last_error="no queue reachable at dispatch", updated_at=now)
-        logger.error("webhooks not dispatched", extra={"event_ids": left, "path": "ingest"})
-    if taken:
-        # One line per batch; each event's own line is "webhook received" (payment.services).
-        logger.info("webhooks dispatched", extra={"event_ids": taken, "queue": queue, "path": "ingest"})
+        logger.error("webhooks not dispatched", extra={"event_ids": ids, "path": "ingest"})
+        return queue
+    WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.RECEIVED).update(
+        status=EventStatus.QUEUED, updated_at=now)
+    metrics.EVENTS_DISPATCHED.labels(queue).inc(len(ids))
+    # One line per batch; each event's own line is "webhook received" (payment.services).
+    logger.info("webhooks dispatched", extra={"event_ids": ids, "queue": queue, "path": "ingest"})
     return queue
 
 
