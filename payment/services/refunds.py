@@ -229,6 +229,10 @@ def _refund_event_hold(event: WebhookEvent, payment: Payment) -> str:
     """A refund of a charge that has not settled in our books: kept for its payment, staff told once."""
     note = f"refund of a charge that is {payment.status} here: kept until it settles"
     status = event_unmatched(event, note, payment=payment)
+    if not payment.refund_events_held:
+        # Under the payment's lock, as the settling transition reads it: no settle can miss this event.
+        Payment.objects.filter(pk=payment.pk).update(refund_events_held=True)
+        payment.refund_events_held = True
     notification = notification_create(
         kind=NotificationKind.REFUND_HELD, recipient=Recipient.STAFF, payment=payment, event=event,
         message=f"The gateway reports a refund on {payment.reference}, which is {payment.status} here. The refund is "
@@ -239,7 +243,7 @@ def _refund_event_hold(event: WebhookEvent, payment: Payment) -> str:
 
 
 def refund_events_release(payment_id: int) -> None:
-    """After a charge settles: re-dispatch the refund events that were kept waiting for it."""
+    """After a charge that had refund events held (Payment.refund_events_held) settles: re-dispatch them."""
     waiting = WebhookEvent.objects.filter(kind=EventKind.REFUND, status=EventStatus.UNMATCHED,
                                           payment_id=payment_id)
     event_ids = list(waiting.values_list("pk", flat=True)[:100])

@@ -89,8 +89,13 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     if to_status == S.SUCCESS and payment.paid_at is None:
         payment.paid_at = now
     payment.last_verified_at = now
+    release_refund_events = (payment.refund_events_held and to_status in CHARGE_SETTLED
+                             and from_status not in CHARGE_SETTLED)
+    if release_refund_events:
+        payment.refund_events_held = False
     payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "currency_paid",
-                                "gateway_transaction_id", "amount_refunded", "last_verified_at", "updated_at"])
+                                "gateway_transaction_id", "amount_refunded", "last_verified_at", "updated_at",
+                                "refund_events_held"])
     # Born claimed: this process runs the hooks right after commit (below), so the row is written with the
     # claim that transition_hooks_run would otherwise take in a separate UPDATE. A process that dies after
     # commit leaves hooks_done_at empty, and the sweep takes the claim over once it is stale, as it does for
@@ -116,7 +121,9 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
                                              "from": from_status, "to": to_status, "source": source,
                                              "event_id": event.pk if event else None})
     transaction.on_commit(lambda: _claimed_hooks_run(transition, notifications))
-    if to_status in CHARGE_SETTLED and from_status not in CHARGE_SETTLED:
+    if release_refund_events:
+        # Only when refund events were held for it (the flag is written under this same lock), so a settle
+        # costs no search for them. A process that dies before this runs leaves them to the sweep.
         payment_id = payment.pk
         # Refunds build on this module (they move payments): importing them here breaks that cycle.
         from .refunds import refund_events_release  # noqa: PLC0415

@@ -209,6 +209,8 @@ def test_refund_event_for_a_pending_charge_is_kept_and_applied_once_it_settles(
                                 django_capture_on_commit_callbacks)
     assert event.status == EventStatus.UNMATCHED  # kept, not applied, not lost
     assert not Refund.objects.exists()
+    payment.refresh_from_db()
+    assert payment.refund_events_held  # what tells the settling transition to release it
     respx.get(f"{PAYSTACK_API}/transaction/verify/RS-EARLY").mock(return_value=httpx.Response(
         200, content=json_dumps(paystack_verify_answer("RS-EARLY"))))
     with mock.patch("payment.queueing._celery_publish", return_value=False), \
@@ -216,6 +218,8 @@ def test_refund_event_for_a_pending_charge_is_kept_and_applied_once_it_settles(
             django_capture_on_commit_callbacks(execute=True):
         services.payment_verify(payment.pk, source="callback")
     assert enqueue.call_args.args[1] == event.pk  # the charge settled: the kept refund event is released
+    payment.refresh_from_db()
+    assert (payment.status, payment.refund_events_held) == (PaymentStatus.SUCCESS, False)
     with django_capture_on_commit_callbacks(execute=True):
         services.webhook_event_process(event.pk, via="test")
         services.webhook_event_process(event.pk, via="test")
@@ -557,3 +561,37 @@ def test_forged_flutterwave_refund_webhook_is_decided_by_the_refund_api(client: 
     refund.refresh_from_db()
     payment.refresh_from_db()
     assert refund.status == RefundStatus.FAILED and payment.amount_refunded == 0
+
+
+@respx.mock
+def test_a_settle_with_no_refund_events_held_dispatches_none_and_one_held_before_the_upgrade_is_released(
+        client: Client, django_capture_on_commit_callbacks: Any):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    plain = make_payment("RS-PLAIN")
+    for reference in ("RS-PLAIN", "RS-OLD"):
+        respx.get(f"{PAYSTACK_API}/transaction/verify/{reference}").mock(return_value=httpx.Response(
+            200, content=json_dumps(paystack_verify_answer(reference))))
+    with mock.patch("payment.queueing.event_dispatch") as dispatch, \
+            django_capture_on_commit_callbacks(execute=True):
+        services.payment_verify(plain.pk, source="callback")
+    plain.refresh_from_db()
+    assert plain.status == PaymentStatus.SUCCESS
+    dispatch.assert_not_called()
+
+    # A refund event held by a version without the flag: the migration sets it, the settle releases it.
+    old = make_payment("RS-OLD")
+    event = deliver_and_process(client, refund_event("RS-OLD", amount=200000, refund_reference="RF-O"),
+                                django_capture_on_commit_callbacks)
+    assert event.status == EventStatus.UNMATCHED
+    Payment.objects.filter(pk=old.pk).update(refund_events_held=False)
+    import_module("payment.migrations.0008_payment_refund_events_held").flag_payments_with_held_refund_events(
+        apps, None)
+    old.refresh_from_db()
+    assert old.refund_events_held and not Payment.objects.get(pk=plain.pk).refund_events_held
+    with mock.patch("payment.queueing.event_dispatch") as dispatch, \
+            django_capture_on_commit_callbacks(execute=True):
+        services.payment_verify(old.pk, source="callback")
+    assert [c.args[0] for c in dispatch.call_args_list] == [event.pk]
