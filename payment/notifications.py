@@ -15,6 +15,7 @@ from django.utils.module_loading import import_string
 from payment.conf import app_settings
 
 from .models import Notification, NotificationKind, Recipient
+from .sql import Prepared
 
 logger = logging.getLogger("payment.notifications")
 
@@ -85,8 +86,15 @@ def notification_send(notification: Notification) -> list[str]:
 def notifications_mark(outcomes: Mapping[int, list[str]]) -> None:
     """Record what notification_send returned: delivered, or the errors (the sweep retries those)."""
     delivered = [pk for pk, errors in outcomes.items() if not errors]
-    if delivered:
+    if len(delivered) == 1:  # a transition's usual one notification: the statement compiled once
+        _DELIVERED.update({"pk": delivered[0], "now": timezone.now()})
+    elif delivered:
         Notification.objects.filter(pk__in=delivered).update(delivered_at=timezone.now(), delivery_error="")
     for pk, errors in outcomes.items():
         if errors:
             Notification.objects.filter(pk=pk).update(delivered_at=None, delivery_error="; ".join(errors)[:1000])
+
+
+_DELIVERED = Prepared(Notification, "update", lambda v: (
+    Notification.objects.filter(pk=v["pk"]), {"delivered_at": v["now"], "delivery_error": ""}),
+    {"pk": "id", "now": "delivered_at"})

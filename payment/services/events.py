@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from payment.conf import app_settings
@@ -22,6 +24,7 @@ from ..models import (
     Recipient,
     WebhookEvent,
 )
+from ..sql import Prepared
 from .state import deliver_after_commit, notification_create
 
 logger = logging.getLogger("payment.services")
@@ -32,13 +35,9 @@ def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: 
     """Close the event. `logged`: its outcome is already in the log (the payment transition's line names the
     event), so this line goes at DEBUG: one INFO line per processed event."""
     now = timezone.now()
-    fields: dict[str, Any] = {"status": status, "last_error": error[:2000], "updated_at": now,
-                              "next_attempt_at": None}
-    if status in EVENT_HANDLED:
-        fields["processed_at"] = now
-    if payment is not None:
-        fields["payment"] = payment
-    WebhookEvent.objects.filter(pk=event.pk).update(**fields)
+    _finish_statement(handled=status in EVENT_HANDLED, with_payment=payment is not None).update({
+        "pk": event.pk, "status": status, "error": error[:2000], "now": now,
+        **({"payment": payment.pk} if payment is not None else {})})
     if status == EventStatus.PROCESSED:
         metrics.PROCESS_LATENCY.labels(event.gateway).observe((now - event.received_at).total_seconds())
     metrics.EVENTS_PROCESSED.labels(event.gateway, status).inc()
@@ -46,6 +45,22 @@ def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: 
         "event_id": event.pk, "gateway": event.gateway, "event": event.event, "reference": event.reference,
         "error": error or None})
     return status
+
+
+@functools.cache
+def _finish_statement(*, handled: bool, with_payment: bool) -> Prepared[WebhookEvent]:
+    def build(v: dict[str, Any]) -> tuple[QuerySet[WebhookEvent], dict[str, Any]]:
+        fields: dict[str, Any] = {"status": v["status"], "last_error": v["error"], "updated_at": v["now"],
+                                  "next_attempt_at": None}
+        if handled:
+            fields["processed_at"] = v["now"]
+        if with_payment:
+            fields["payment"] = v["payment"]
+        return WebhookEvent.objects.filter(pk=v["pk"]), fields
+
+    slots = {"pk": "id", "status": "status", "error": "last_error", "now": "updated_at",
+             **({"payment": "payment"} if with_payment else {})}
+    return Prepared(WebhookEvent, "update", build, slots)
 
 
 def event_fail(event_id: int, error: str, *, claim: str, log_fields: Mapping[str, Any] | None = None,
@@ -112,5 +127,12 @@ def event_unmatched(event: WebhookEvent, note: str = "", *, payment: Payment | N
     return EventStatus.UNMATCHED
 
 
+_PAYMENT_BY_REFERENCE = Prepared(
+    Payment, "rows", lambda v: Payment.objects.filter(reference=v["reference"], gateway=v["gateway"])[:1],
+    {"reference": "reference", "gateway": "gateway"})
+
+
 def payment_for_event(event: WebhookEvent) -> Payment | None:
-    return Payment.objects.filter(reference=event.reference, gateway=event.gateway).first()
+    """The payment an event names (references are unique; the gateway must match too)."""
+    found = _PAYMENT_BY_REFERENCE.rows({"reference": event.reference, "gateway": event.gateway})
+    return found[0] if found else None

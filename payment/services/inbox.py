@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.db import DatabaseError, InterfaceError, router
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from payment.conf import app_settings
@@ -23,7 +25,7 @@ from ..models import (
     EventStatus,
     WebhookEvent,
 )
-from ..sql import first_statement, update_returning, update_returning_supported
+from ..sql import Prepared, first_statement, update_returning_supported
 from .events import event_fail, event_finish, event_mark_dead
 from .refunds import refund_event_apply
 from .scheduling import id_batches
@@ -44,22 +46,16 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
     the database allows it); the caller owns the retry policy and hands `claim` to its retry as `retake`.
     """
     claim = claim or uuid.uuid4().hex
-    statuses = [*EVENT_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else list(EVENT_CLAIMABLE)
-    # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
-    # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
-    # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
-    stuck = timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
-    claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=stuck)
-    if retake:
-        claimable |= Q(status=EventStatus.PROCESSING, claim_token=retake)
-    if force:
-        claimable |= Q(status=EventStatus.PROCESSING)
-    # Our own token too: the claim is the task's first statement and its connection's health check, run once
-    # more on a new connection if the old one died (payment/sql.py); if the first try had committed, the second
-    # takes back what is already ours instead of finding the event busy.
-    claimable |= Q(status=EventStatus.PROCESSING, claim_token=claim)
-    event = first_statement(lambda: _event_claim(event_id, claimable, via=via, claim=claim),
-                            using=router.db_for_write(WebhookEvent))
+    now = timezone.now()
+    values = {"event_id": event_id, "stuck": now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS),
+              "claim": claim, "via": via, "now": now, **({"retake": retake} if retake else {})}
+    statement = _claim_statement(force=force, retake=bool(retake))
+    using = router.db_for_write(WebhookEvent)
+    if update_returning_supported(using):
+        claimed = first_statement(lambda: statement.rows(values, using=using), using=using)
+        event = claimed[0] if claimed else None
+    else:
+        event = first_statement(lambda: _event_claim(statement, values), using=using)
     if event is None:
         # Already processed, ignored or dead (or unknown): "already applied" is a no-op (docs/architecture.md).
         current = WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
@@ -93,18 +89,38 @@ def webhook_event_process(event_id: int, *, via: str, force: bool = False, claim
         raise
 
 
-def _event_claim(event_id: int, claimable: Q, *, via: str, claim: str) -> WebhookEvent | None:
-    """Take the event with one conditional UPDATE and read it back, in that same statement where the
-    database returns updated rows (PostgreSQL, SQLite >= 3.35): a claim is one round trip, not two."""
-    rows = WebhookEvent.objects.filter(claimable, pk=event_id)
-    values = {"status": EventStatus.PROCESSING, "attempts": F("attempts") + 1, "dispatched_via": via,
-              "claim_token": claim, "updated_at": timezone.now()}
-    if update_returning_supported(rows.db):
-        claimed = update_returning(rows, **values)
-        return claimed[0] if claimed else None
-    if not rows.update(**values):
+@functools.cache
+def _claim_statement(*, force: bool, retake: bool) -> Prepared[WebhookEvent]:
+    """The claim: one conditional UPDATE that also returns the row, compiled once per shape."""
+    def build(v: dict[str, Any]) -> tuple[QuerySet[WebhookEvent], dict[str, Any]]:
+        statuses = [*EVENT_CLAIMABLE, EventStatus.PROCESSED, EventStatus.DEAD] if force else list(EVENT_CLAIMABLE)
+        # A `processing` event belongs to the attempt running it; only a stale claim (that worker died) or the
+        # retry that attempt handed its token to takes it over, so two workers never verify one event at once.
+        # Each claim writes a new token, so a duplicate of that retry message finds the token gone.
+        claimable = Q(status__in=statuses) | Q(status=EventStatus.PROCESSING, updated_at__lt=v["stuck"])
+        if retake:
+            claimable |= Q(status=EventStatus.PROCESSING, claim_token=v["retake"])
+        if force:
+            claimable |= Q(status=EventStatus.PROCESSING)
+        # Our own token too: the claim is the task's first statement and its connection's health check, run
+        # once more on a new connection if the old one died (payment/sql.py); if the first try had committed,
+        # the second takes back what is already ours instead of finding the event busy.
+        claimable |= Q(status=EventStatus.PROCESSING, claim_token=v["claim"])
+        return WebhookEvent.objects.filter(claimable, pk=v["event_id"]), {
+            "status": EventStatus.PROCESSING, "attempts": F("attempts") + 1, "dispatched_via": v["via"],
+            "claim_token": v["claim"], "updated_at": v["now"]}
+
+    slots = {"event_id": "id", "stuck": "updated_at", "claim": "claim_token", "via": "dispatched_via",
+             "now": "updated_at", **({"retake": "claim_token"} if retake else {})}
+    return Prepared(WebhookEvent, "update_returning", build, slots)
+
+
+def _event_claim(statement: Prepared[WebhookEvent], values: dict[str, Any]) -> WebhookEvent | None:
+    """The same claim where the database cannot return updated rows (SQLite before 3.35): UPDATE, read back."""
+    rows, update = statement.build(values)
+    if not rows.update(**update):
         return None
-    return WebhookEvent.objects.get(pk=event_id)
+    return WebhookEvent.objects.get(pk=values["event_id"])
 
 
 EVENT_HANDLERS: dict[str, Callable[[WebhookEvent], str]] = {

@@ -18,7 +18,7 @@ from ..models import (
 )
 from .errors import PaymentCreateError
 from .refunds import payment_refund_state_sync
-from .state import S, payment_transition
+from .state import S, payment_lock, payment_transition
 
 logger = logging.getLogger("payment.services")
 
@@ -71,7 +71,7 @@ def payment_review_resolve(payment_id: int, *, to_status: str, note: str, actor:
     if to_status not in (S.SUCCESS, S.FAILED):
         raise ValueError("a review resolves to success or failed")
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        payment = payment_lock(payment_id)
         if payment.status != S.REVIEW:
             raise ValueError(f"payment {payment.reference} is {payment.status}, not in review")
         transition = payment_transition(payment, to_status, source=TransitionSource.STAFF, reason=note,

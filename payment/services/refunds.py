@@ -27,7 +27,14 @@ from ..models import (
 )
 from .errors import RefundNotAllowedError
 from .events import event_finish, event_mark_dead, event_unmatched, payment_for_event
-from .state import CHARGE_SETTLED, S, deliver_after_commit, notification_create, payment_transition
+from .state import (
+    CHARGE_SETTLED,
+    S,
+    deliver_after_commit,
+    notification_create,
+    payment_lock,
+    payment_transition,
+)
 
 logger = logging.getLogger("payment.services")
 
@@ -59,7 +66,7 @@ def refund_event_apply(event: WebhookEvent) -> str:
             amount = confirmed.amount if confirmed.amount is not None else amount
             currency = confirmed.currency or currency
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        locked = payment_lock(payment.pk)
         if Refund.objects.filter(payment=locked, event=event).exists():
             # This very event already closed a refund: a forced replay or a raced redelivery must not find
             # "no open refund" and book it again as a dashboard refund (payment/tests/test_security.py).
@@ -264,7 +271,7 @@ def refund_request(payment: Payment | int, *, amount: int | None = None, idempot
     with transaction.atomic():
         payment_id = payment.pk if isinstance(payment, Payment) else payment
         row = payment if (locked and isinstance(payment, Payment)) else \
-            Payment.objects.select_for_update().get(pk=payment_id)
+            payment_lock(payment_id)
         existing = Refund.objects.filter(idempotency_key=key).first()
         if existing is not None:
             if existing.payment_id != row.pk or (amount is not None and existing.amount != amount):
@@ -331,7 +338,7 @@ def refund_submit(refund_id: int) -> str:
         logger.exception("refund answer could not be handled", extra={"refund_id": refund.pk})
         return refund_mark_unknown(refund.pk, f"{type(exc).__name__}: {exc}")
     with transaction.atomic():
-        locked_payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        locked_payment = payment_lock(payment.pk)
         refund = Refund.objects.select_for_update().get(pk=refund.pk)
         _refund_identity_learn(refund, refund_id=result.gateway_refund_id, refund_reference=result.refund_reference)
         _refund_status_apply(refund, locked_payment, result.status, event=None)
@@ -381,7 +388,7 @@ def refund_poll(refund_id: int) -> str:
     if single is None and not listing:
         return refund.status
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        payment = payment_lock(refund.payment_id)
         locked = Refund.objects.select_for_update().get(pk=refund.pk)
         result = single or _refund_pick(locked, listing or [])
         if result is None:
@@ -419,7 +426,7 @@ def refund_settle(refund_id: int, *, to_status: str, note: str, actor: str) -> R
         raise ValueError("a refund settles as processed or failed")
     with transaction.atomic():
         refund = Refund.objects.get(pk=refund_id)
-        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        payment = payment_lock(refund.payment_id)
         refund = Refund.objects.select_for_update().get(pk=refund_id)
         if refund.status not in (RefundStatus.UNKNOWN, RefundStatus.PROCESSING):
             raise ValueError(f"refund #{refund.pk} is {refund.status}: nothing to settle")

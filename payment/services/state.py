@@ -3,13 +3,15 @@ side effects (channels, signals) run after commit."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db.models import Q, QuerySet
+from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -28,6 +30,7 @@ from ..models import (
 )
 from ..money import minor_to_major
 from ..notifications import notification_deliver, notification_send, notifications_mark
+from ..sql import Prepared, insert_compiled, save_signals_connected
 
 logger = logging.getLogger("payment.services")
 
@@ -93,18 +96,17 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
                              and from_status not in CHARGE_SETTLED)
     if release_refund_events:
         payment.refund_events_held = False
-    payment.save(update_fields=["status", "review_reason", "paid_at", "amount_paid", "currency_paid",
-                                "gateway_transaction_id", "amount_refunded", "last_verified_at", "updated_at",
-                                "refund_events_held"])
+    _payment_save(payment, now, release_refund_events=release_refund_events)
     # Born claimed: this process runs the hooks right after commit (below), so the row is written with the
     # claim that transition_hooks_run would otherwise take in a separate UPDATE. A process that dies after
     # commit leaves hooks_done_at empty, and the sweep takes the claim over once it is stale, as it does for
     # a runner that died while sending.
-    transition = PaymentTransition.objects.create(
+    transition = PaymentTransition(
         payment=payment, from_status=from_status, to_status=to_status, source=source, event=event,
         reason=reason[:255] or (review_reason or ""), details=dict(details or {}), actor=actor[:150],
         hooks_started_at=now,
     )
+    insert_compiled(transition)
     notifications = []
     kind = _CUSTOMER_NOTIFICATIONS.get(to_status)
     if kind is not None:
@@ -130,6 +132,49 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
 
         transaction.on_commit(lambda: refund_events_release(payment_id))
     return transition
+
+
+_TRANSITION_FIELDS = ("status", "review_reason", "paid_at", "amount_paid", "currency_paid", "gateway_transaction_id",
+                      "amount_refunded", "last_verified_at", "updated_at")
+
+
+@functools.cache
+def _payment_save_statement(*, release_refund_events: bool) -> Prepared[Payment]:
+    def build(v: dict[str, Any]) -> tuple[QuerySet[Payment], dict[str, Any]]:
+        values = {name: v[name] for name in _TRANSITION_FIELDS}
+        if release_refund_events:
+            values["refund_events_held"] = False
+        return Payment.objects.filter(pk=v["pk"]), values
+
+    return Prepared(Payment, "update", build, {"pk": "id", **{name: name for name in _TRANSITION_FIELDS}})
+
+
+def _payment_save(payment: Payment, now: datetime, *, release_refund_events: bool) -> None:
+    """payment.save(update_fields=...) of what a transition changes, as one statement compiled once (the host's
+    save signals, if it listens to them, get the ORM's save)."""
+    payment.updated_at = now
+    if save_signals_connected(Payment):
+        payment.save(update_fields=[*_TRANSITION_FIELDS, "refund_events_held"])
+        return
+    values = {"pk": payment.pk, **{name: getattr(payment, name) for name in _TRANSITION_FIELDS}}
+    if not _payment_save_statement(release_refund_events=release_refund_events).update(values):
+        raise DatabaseError(f"payment {payment.pk} was not saved: no such row")
+
+
+_PAYMENT_LOCK = Prepared(Payment, "rows", lambda v: Payment.objects.select_for_update().filter(pk=v["pk"]),
+                         {"pk": "id"})
+
+
+def payment_lock(payment_id: int) -> Payment:
+    """The payment, read and locked (SELECT ... FOR UPDATE) in the caller's transaction; every decision about
+    a payment's state is taken on the row this returns."""
+    using = router.db_for_write(Payment)
+    if transaction.get_autocommit(using):
+        raise TransactionManagementError("payment_lock outside a transaction would lock nothing")
+    rows = _PAYMENT_LOCK.rows({"pk": payment_id}, using=using)
+    if not rows:
+        raise Payment.DoesNotExist(f"no payment {payment_id}")
+    return rows[0]
 
 
 def _customer_message(payment: Payment, status: str, details: Mapping[str, Any]) -> str:
@@ -166,7 +211,9 @@ def _transition_notification(**fields: Any) -> Notification:
     """A notification of a transition created in this same transaction: none can exist for it yet, so no
     savepoint (notification_create's) is needed; the unique constraint still stands guard. The row is born
     with its first delivery attempt claimed, for the runner that delivers it after commit."""
-    return Notification.objects.create(delivery_attempts=1, **fields)
+    notification = Notification(delivery_attempts=1, **fields)
+    insert_compiled(notification)
+    return notification
 
 
 def transition_hooks_run(transition_id: int) -> None:
@@ -195,11 +242,16 @@ def _claimed_hooks_run(transition: PaymentTransition, notifications: list[Notifi
     if _signals_connected(transition):
         notifications_mark(outcomes)
         _signals_send(transition)
-        PaymentTransition.objects.filter(pk=transition.pk).update(hooks_done_at=timezone.now())
+        _HOOKS_DONE.update({"pk": transition.pk, "now": timezone.now()})
         return
     with transaction.atomic():
         notifications_mark(outcomes)
-        PaymentTransition.objects.filter(pk=transition.pk).update(hooks_done_at=timezone.now())
+        _HOOKS_DONE.update({"pk": transition.pk, "now": timezone.now()})
+
+
+_HOOKS_DONE = Prepared(PaymentTransition, "update",
+                       lambda v: (PaymentTransition.objects.filter(pk=v["pk"]), {"hooks_done_at": v["now"]}),
+                       {"pk": "id", "now": "hooks_done_at"})
 
 
 def _transition_signals(transition: PaymentTransition) -> list[Signal]:

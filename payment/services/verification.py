@@ -24,7 +24,7 @@ from ..models import (
 )
 from .events import event_finish, event_unmatched, payment_for_event
 from .refunds import refund_request
-from .state import OPEN_STATUSES, S, payment_transition
+from .state import OPEN_STATUSES, S, payment_lock, payment_transition
 
 logger = logging.getLogger("payment.services")
 
@@ -49,7 +49,7 @@ def charge_event_apply(event: WebhookEvent) -> str:
             raise base.TransientGatewayError(f"{event.gateway} still reports {verification.raw_status!r}",
                                              request_sent=False)
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        locked = payment_lock(payment.pk)
         before = locked.status
         error = verification_apply(locked, verification, source=TransitionSource.WEBHOOK, event=event,
                                     claimed_mode=event.mode)
@@ -161,7 +161,7 @@ def payment_verify(payment_id: int, *, source: str = TransitionSource.RECONCILE,
             Payment.objects.filter(pk=payment.pk).update(last_verified_at=timezone.now())
         return payment.status
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        locked = payment_lock(payment.pk)
         if verification is not None:
             verification_apply(locked, verification, source=source, allow_unpaid_final=allow_unpaid_final)
         elif allow_unpaid_final and locked.status == S.PENDING:
