@@ -1,6 +1,6 @@
-"""The ORM's own statements, made cheaper on the hot paths: UPDATE ... RETURNING (which Django 5.2 cannot build),
-statements compiled once and run with new values (Prepared, and an INSERT), and the first statement of a unit of
-work as its connection's health check."""
+"""The ORM's own statements, made cheaper on the hot paths: statements compiled once and run with new values
+(Prepared, also for UPDATE ... RETURNING, which Django 5.2 cannot build; and an INSERT), and the first statement
+of a unit of work as its connection's health check."""
 
 from __future__ import annotations
 
@@ -26,32 +26,6 @@ def update_returning_supported(using: str = "default") -> bool:
     connection = connections[using]
     return connection.vendor == "postgresql" or (
         connection.vendor == "sqlite" and bool(connection.features.can_return_columns_from_insert))
-
-
-def update_returning(queryset: models.QuerySet[M], **values: Any) -> list[M]:
-    """`queryset.update(**values)` in one statement that also returns the updated rows, as model instances
-    with every concrete field loaded (the values after the update).
-
-    The WHERE and SET clauses are the ORM's own (lookups, F() expressions, field conversion); the RETURNING
-    list is built from the model's _meta, so a new column is returned without anyone editing a list here.
-    Callers check update_returning_supported() first and keep the two-statement way where it is not.
-    """
-    model = queryset.model
-    using = queryset.db
-    connection = connections[using]
-    query = queryset.query.chain(UpdateQuery)
-    assert isinstance(query, UpdateQuery)
-    query.add_update_values(values)
-    compiler = query.get_compiler(using)
-    compiler.pre_sql_setup()
-    sql, params = compiler.as_sql()
-    if not sql:
-        return []
-    reader = _RowReader(model, using)
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {reader.columns}", params)
-        rows = cursor.fetchall()
-    return reader.instances(rows)
 
 
 class _RowReader:

@@ -26,7 +26,6 @@ from payment.models import (
     PaymentTransition,
     WebhookEvent,
 )
-from payment.sql import update_returning, update_returning_supported
 
 from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
 from .test_processing import make_payment, verify_route
@@ -84,30 +83,6 @@ def test_a_settled_charge_costs_at_most_nine_statements_and_three_commits_on_pos
     note = Notification.objects.get(transition=transition)
     assert (note.kind, note.delivery_attempts) == (NotificationKind.PAYMENT_SUCCEEDED, 1)
     assert note.delivered_at is not None and len(mail.outbox) == 1
-
-
-def test_update_returning_gives_the_updated_rows_with_every_field_converted(client: Client) -> None:
-    """On the suite's database, SQLite or PostgreSQL (run both: DATABASE_URL set and unset)."""
-    assert update_returning_supported()
-    event = _stored_event(client, "RT-RET")
-    before = WebhookEvent.objects.get(pk=event.pk)
-    now = timezone.now()
-    with CaptureQueriesContext(connection) as captured:
-        rows = update_returning(WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.QUEUED),
-                                status=EventStatus.PROCESSING, claim_token="tok", updated_at=now,
-                                attempts=before.attempts + 1)
-    assert len(captured.captured_queries) == 1 and "RETURNING" in captured.captured_queries[0]["sql"]
-    (row,) = rows
-    fresh = WebhookEvent.objects.get(pk=event.pk)
-    for field in WebhookEvent._meta.concrete_fields:
-        assert getattr(row, field.attname) == getattr(fresh, field.attname), field.name
-    assert (row.status, row.claim_token, row.attempts, row.updated_at) == ("processing", "tok", 1, now)
-    assert isinstance(row.headers, dict) and bytes(row.body) == bytes(before.body) and row.received_at.tzinfo
-    assert not row._state.adding and row._state.db == "default"
-    # Nothing matches any more (no longer queued): no rows, nothing written.
-    assert update_returning(WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.QUEUED),
-                            claim_token="other") == []
-    assert WebhookEvent.objects.get(pk=event.pk).claim_token == "tok"
 
 
 @respx.mock

@@ -1,0 +1,179 @@
+"""sql.Prepared: the ORM's statement compiled once and run with new values gives what the plain ORM call gives
+(on the suite's database: run it with DATABASE_URL set and unset), refuses what it cannot stand for, and keeps
+one compiled statement per thread's connection. The hot paths that use it still send the host's save signals."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, connections, models, transaction
+from django.db.models import F
+from django.db.models.signals import post_save
+from django.db.transaction import TransactionManagementError
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from payment import services
+from payment.models import (
+    EventStatus,
+    Notification,
+    Payment,
+    PaymentStatus,
+    PaymentTransition,
+    WebhookEvent,
+)
+from payment.services.state import payment_lock
+from payment.sql import Prepared, update_returning_supported
+
+from .conftest import require_postgres
+from .test_processing import make_payment
+
+pytestmark = pytest.mark.django_db
+
+
+def _event(reference: str, **fields: Any) -> WebhookEvent:
+    return WebhookEvent.objects.create(gateway="paystack", event="charge.success", reference=reference,
+                                       body=b'{"event": "charge.success"}', headers={"x": "y"},
+                                       dedupe_key=f"k-{reference}", status=EventStatus.QUEUED, **fields)
+
+
+_BY_REFERENCE = Prepared(Payment, "rows",
+                         lambda v: Payment.objects.filter(reference=v["reference"], gateway=v["gateway"])[:1],
+                         {"reference": "reference", "gateway": "gateway"})
+
+
+def test_a_select_gives_the_rows_the_orm_gives_and_is_compiled_once() -> None:
+    first, second = make_payment("PR-1"), make_payment("PR-2")
+    with mock.patch.object(_BY_REFERENCE, "_compile", wraps=_BY_REFERENCE._compile) as compile_:
+        for payment in (first, second, first):
+            (row,) = _BY_REFERENCE.rows({"reference": payment.reference, "gateway": "paystack"})
+            orm = Payment.objects.get(pk=payment.pk)
+            for field in Payment._meta.concrete_fields:
+                assert getattr(row, field.attname) == getattr(orm, field.attname), field.name
+            assert not row._state.adding and row._state.db == "default"
+        assert _BY_REFERENCE.rows({"reference": "PR-1", "gateway": "flutterwave"}) == []
+    assert compile_.call_count <= 1  # once per connection (none if an earlier test compiled it on this one)
+    # The text is the ORM's own for that queryset.
+    sql, _ = Payment.objects.filter(reference="PR-1", gateway="paystack")[:1].query.sql_with_params()
+    assert _BY_REFERENCE._compiled[connections["default"]].sql == sql
+
+
+def test_update_returning_gives_the_updated_rows_with_every_field_converted() -> None:
+    assert update_returning_supported()
+    statement = Prepared(WebhookEvent, "update_returning", lambda v: (
+        WebhookEvent.objects.filter(pk=v["pk"], status=EventStatus.QUEUED),
+        {"status": EventStatus.PROCESSING, "claim_token": v["token"], "updated_at": v["now"],
+         "attempts": F("attempts") + 1}), {"pk": "id", "token": "claim_token", "now": "updated_at"})
+    event = _event("PR-RET")
+    now = timezone.now()
+    with CaptureQueriesContext(connection) as captured:
+        rows = statement.rows({"pk": event.pk, "token": "tok", "now": now})
+    assert len(captured.captured_queries) == 1 and "RETURNING" in captured.captured_queries[0]["sql"]
+    (row,) = rows
+    fresh = WebhookEvent.objects.get(pk=event.pk)
+    for field in WebhookEvent._meta.concrete_fields:
+        assert getattr(row, field.attname) == getattr(fresh, field.attname), field.name
+    assert (row.status, row.claim_token, row.attempts, row.updated_at) == ("processing", "tok", 1, now)
+    assert isinstance(row.headers, dict) and bytes(row.body) == bytes(event.body) and row.received_at.tzinfo
+    # Nothing matches any more (no longer queued): no rows, nothing written.
+    assert statement.rows({"pk": event.pk, "token": "other", "now": now}) == []
+    assert WebhookEvent.objects.get(pk=event.pk).claim_token == "tok"
+
+
+def test_an_update_puts_each_value_where_its_slot_is_none_included_and_counts_the_rows() -> None:
+    statement = Prepared(Payment, "update", lambda v: (
+        Payment.objects.filter(pk=v["pk"]),
+        {"paid_at": v["paid_at"], "amount_paid": v["amount"], "currency_paid": v["currency"]}),
+        {"pk": "id", "paid_at": "paid_at", "amount": "amount_paid", "currency": "currency_paid"})
+    payment, other = make_payment("PR-UPD"), make_payment("PR-OTHER")
+    when = timezone.now() - timedelta(minutes=5)
+    assert statement.update({"pk": payment.pk, "paid_at": when, "amount": 1234, "currency": "GHS"}) == 1
+    payment.refresh_from_db()
+    assert (payment.paid_at, payment.amount_paid, payment.currency_paid) == (when, 1234, "GHS")
+    assert statement.update({"pk": payment.pk, "paid_at": None, "amount": None, "currency": ""}) == 1
+    payment.refresh_from_db()
+    assert (payment.paid_at, payment.amount_paid, payment.currency_paid) == (None, None, "")
+    assert statement.update({"pk": -1, "paid_at": None, "amount": None, "currency": ""}) == 0
+    other.refresh_from_db()
+    assert other.amount_paid is None and other.currency_paid == ""
+
+
+def test_what_a_prepared_statement_cannot_stand_for_is_refused_not_run() -> None:
+    make_payment("PR-BAD")
+    ignored = Prepared(Payment, "rows", lambda v: Payment.objects.filter(reference="PR-BAD"),
+                       {"reference": "reference"})
+    with pytest.raises(ImproperlyConfigured, match="not a parameter"):
+        ignored.rows({"reference": "PR-BAD"})  # the slot would silently be a constant
+    flag = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk"]),
+                                                  {"refund_events_held": v["held"]}),
+                    {"pk": "id", "held": "refund_events_held"})
+    with pytest.raises(ImproperlyConfigured, match="BooleanField"):
+        flag.update({"pk": 1, "held": True})  # two values only: no marker could be told apart
+    narrow = Prepared(Payment, "rows", lambda v: Payment.objects.filter(pk=v["pk"]).only("pk"), {"pk": "id"})
+    with pytest.raises(ImproperlyConfigured, match="every concrete column"):
+        narrow.rows({"pk": 1})
+    with pytest.raises(TypeError):
+        _BY_REFERENCE.rows({"reference": "PR-BAD"})  # a slot without a value
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_thread_compiles_on_its_own_connection() -> None:
+    require_postgres()  # SQLite's test database is one connection shared by the threads
+    payments = [make_payment(f"PR-T{i}") for i in range(4)]
+    errors: list[BaseException] = []
+    found: list[int] = []
+
+    def work(payment: Payment) -> None:
+        try:
+            for _ in range(3):
+                (row,) = _BY_REFERENCE.rows({"reference": payment.reference, "gateway": "paystack"})
+                found.append(row.pk)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in payments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(found) == sorted(p.pk for p in payments for _ in range(3))
+
+
+@pytest.mark.django_db(transaction=True)  # the test's own transaction would hide "outside a transaction"
+def test_payment_lock_reads_the_row_in_a_transaction_and_refuses_to_run_outside_one() -> None:
+    payment = make_payment("PR-LOCK")
+    with pytest.raises(TransactionManagementError):
+        payment_lock(payment.pk)
+    with transaction.atomic():
+        locked = payment_lock(payment.pk)
+        assert (locked.pk, locked.reference, locked.status) == (payment.pk, "PR-LOCK", PaymentStatus.PENDING)
+        with pytest.raises(Payment.DoesNotExist):
+            payment_lock(-1)
+
+
+def test_a_transition_still_sends_the_hosts_save_signals_when_it_listens() -> None:
+    payment = make_payment("PR-SIG")
+    saved: list[tuple[type[models.Model], bool]] = []
+
+    def receiver(sender: type[models.Model], instance: models.Model, created: bool, **kwargs: Any) -> None:
+        saved.append((sender, created))
+
+    for model in (Payment, PaymentTransition, Notification):
+        post_save.connect(receiver, sender=model)
+    try:
+        with transaction.atomic():
+            transition = services.payment_transition(payment, PaymentStatus.SUCCESS, source="webhook")
+    finally:
+        for model in (Payment, PaymentTransition, Notification):
+            post_save.disconnect(receiver, sender=model)
+    assert transition is not None
+    assert saved == [(Payment, False), (PaymentTransition, True), (Notification, True)]
+    assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCESS
