@@ -57,7 +57,8 @@ def statement_kinds(sqls: list[str]) -> tuple[int, int, Counter[str]]:
     return statements, commits, kinds
 
 
-def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sandbox_url: str) -> None:
+def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sandbox_url: str,
+           profile_out: Path | None = None) -> None:
     import django
 
     django.setup()
@@ -125,6 +126,9 @@ def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sand
           f"sandbox {sandbox_cpu * 1000 / n:.2f} ms, total {(cpu + pg_cpu + sandbox_cpu) * 1000 / n:.2f} ms")
     print(f"[probe] per event: {statements / n:.2f} SQL statements, {commits / n:.2f} commits; by kind: "
           + ", ".join(f"{word} {v / n:.2f}" for word, v in kinds.most_common()))
+    if profiler is not None and profile_out is not None:
+        profiler.dump_stats(profile_out)
+        print(f"[probe] profile written to {profile_out} (python -m pstats {profile_out})")
     if profiler is not None:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=500, help="events measured (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="events run first and not counted (default 50)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (CPU time)")
+    parser.add_argument("--profile-out", type=Path, default=None,
+                        help="with --profile, also write cProfile's stats to this file (for pstats or snakeviz)")
     parser.add_argument("--base-port", type=int, default=18479,
                         help="ports as the bench uses them; the probe starts only the sandbox (base + 3)")
     args = parser.parse_args(argv)
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.create_databases()
         stack.migrate()
         stack.start_sandbox()
-        _probe(args.count, args.warmup, args.profile, stack.pids("sandbox"), stack.topology.sandbox_url)
+        _probe(args.count, args.warmup, args.profile, stack.pids("sandbox"), stack.topology.sandbox_url,
+               args.profile_out)
         return 0
     except KeyboardInterrupt:
         return 130

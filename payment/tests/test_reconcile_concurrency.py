@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from payment.conf import app_settings
 from payment.gateways.base import json_dumps
 from payment.models import Payment, PaymentStatus, PaymentTransition
 from payment.services import reconciliation
+from payment.services.state import payment_lock
 
 from .conftest import PAYSTACK_API, paystack_verify_answer, require_postgres
 
@@ -214,9 +216,12 @@ def test_a_still_pending_answer_costs_one_update_but_good_news_takes_the_lock() 
     with CaptureQueriesContext(connection) as queries:
         assert services.payment_verify(waiting.pk, allow_unpaid_final=True) == PaymentStatus.PENDING
     assert len(queries.captured_queries) == 2
-    with CaptureQueriesContext(connection) as queries:
+    with CaptureQueriesContext(connection) as queries, \
+            mock.patch("payment.services.verification.payment_lock", wraps=payment_lock) as lock:
         assert services.payment_verify(paid.pk, allow_unpaid_final=False) == PaymentStatus.SUCCESS
-    assert any("FOR UPDATE" in q["sql"] for q in queries.captured_queries)
+    lock.assert_called_once_with(paid.pk)
+    if connection.vendor == "postgresql":  # SQLite's lock is the IMMEDIATE transaction, not a clause
+        assert any("FOR UPDATE" in q["sql"] for q in queries.captured_queries)
 
 
 @pytest.mark.django_db
