@@ -57,7 +57,7 @@ def statement_kinds(sqls: list[str]) -> tuple[int, int, Counter[str]]:
     return statements, commits, kinds
 
 
-def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sandbox_url: str,
+def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sandbox_url: str, *,
            profile_out: Path | None = None) -> None:
     import django
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.migrate()
         stack.start_sandbox()
         _probe(args.count, args.warmup, args.profile, stack.pids("sandbox"), stack.topology.sandbox_url,
-               args.profile_out)
+               profile_out=args.profile_out)
         return 0
     except KeyboardInterrupt:
         return 130
