@@ -27,7 +27,7 @@ from unittest import mock
 
 from bench.stack import Ports, Stack, cpu_seconds
 
-_WRITE = re.compile(r"^\s*(UPDATE|INSERT|DELETE)\b", re.IGNORECASE)
+_WRITE = re.compile(r"^\s*(UPDATE|INSERT|DELETE|WITH)\b", re.IGNORECASE)  # WITH: a data-modifying CTE
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:

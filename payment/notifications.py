@@ -87,7 +87,7 @@ def notifications_mark(outcomes: Mapping[int, list[str]]) -> None:
     """Record what notification_send returned: delivered, or the errors (the sweep retries those)."""
     delivered = [pk for pk, errors in outcomes.items() if not errors]
     if len(delivered) == 1:  # a transition's usual one notification: the statement compiled once
-        _DELIVERED.update({"pk": delivered[0], "now": timezone.now()})
+        NOTIFICATION_DELIVERED.update({"pk": delivered[0], "now": timezone.now()})
     elif delivered:
         Notification.objects.filter(pk__in=delivered).update(delivered_at=timezone.now(), delivery_error="")
     for pk, errors in outcomes.items():
@@ -95,6 +95,7 @@ def notifications_mark(outcomes: Mapping[int, list[str]]) -> None:
             Notification.objects.filter(pk=pk).update(delivered_at=None, delivery_error="; ".join(errors)[:1000])
 
 
-_DELIVERED = Prepared(Notification, "update", lambda v: (
+# A notification delivered without error, compiled once (also run together with its transition's mark).
+NOTIFICATION_DELIVERED = Prepared(Notification, "update", lambda v: (
     Notification.objects.filter(pk=v["pk"]), {"delivered_at": v["now"], "delivery_error": ""}),
     {"pk": "id", "now": "delivered_at"})

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, router
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, router, transaction
 from django.db.models import AutoField, signals
 from django.db.models.sql import InsertQuery, UpdateQuery
 
@@ -155,6 +155,30 @@ class Prepared(Generic[M]):
             slot_positions.append((name, field, positions))
         return _Compiled(connection=connection, sql=sql, params=params, slot_positions=tuple(slot_positions),
                          reader=reader)
+
+
+class Together:
+    """Two Prepared UPDATEs that must commit together, as one statement where the database allows it
+    (PostgreSQL: the first in a WITH clause, which the statement runs to completion whatever the second
+    reads): one round trip and one commit, not BEGIN, two statements and COMMIT. Elsewhere the two run in
+    one transaction. Both statements are on the same database."""
+
+    def __init__(self, first: Prepared[Any], second: Prepared[Any]) -> None:
+        if "update" not in (first.kind, second.kind) or first.kind != second.kind:
+            raise ImproperlyConfigured("Together runs two Prepared UPDATEs")
+        self.first, self.second = first, second
+
+    def update(self, first: Mapping[str, Any], second: Mapping[str, Any], *, using: str | None = None) -> None:
+        using = using or router.db_for_write(self.first.model)
+        if connections[using].vendor != "postgresql":
+            with transaction.atomic(using=using):
+                self.first.update(first, using=using)
+                self.second.update(second, using=using)
+            return
+        one, one_params = self.first._bind(using, first)
+        two, two_params = self.second._bind(using, second)
+        with connections[using].cursor() as cursor:
+            cursor.execute(f"WITH first_update AS ({one.sql}) {two.sql}", [*one_params, *two_params])
 
 
 class _Compiled:

@@ -29,8 +29,8 @@ from ..models import (
     WebhookEvent,
 )
 from ..money import minor_to_major
-from ..notifications import notification_deliver, notification_send, notifications_mark
-from ..sql import Prepared, insert_compiled, save_signals_connected
+from ..notifications import NOTIFICATION_DELIVERED, notification_deliver, notification_send, notifications_mark
+from ..sql import Prepared, Together, insert_compiled, save_signals_connected
 
 logger = logging.getLogger("payment.services")
 
@@ -244,14 +244,20 @@ def _claimed_hooks_run(transition: PaymentTransition, notifications: list[Notifi
         _signals_send(transition)
         _HOOKS_DONE.update({"pk": transition.pk, "now": timezone.now()})
         return
+    now = timezone.now()
+    if len(outcomes) == 1 and not next(iter(outcomes.values())):
+        # The usual case, one notification delivered: its mark and the transition's in one statement.
+        _DELIVERED_AND_HOOKS_DONE.update({"pk": next(iter(outcomes)), "now": now}, {"pk": transition.pk, "now": now})
+        return
     with transaction.atomic():
         notifications_mark(outcomes)
-        _HOOKS_DONE.update({"pk": transition.pk, "now": timezone.now()})
+        _HOOKS_DONE.update({"pk": transition.pk, "now": now})
 
 
 _HOOKS_DONE = Prepared(PaymentTransition, "update",
                        lambda v: (PaymentTransition.objects.filter(pk=v["pk"]), {"hooks_done_at": v["now"]}),
                        {"pk": "id", "now": "hooks_done_at"})
+_DELIVERED_AND_HOOKS_DONE = Together(NOTIFICATION_DELIVERED, _HOOKS_DONE)
 
 
 def _transition_signals(transition: PaymentTransition) -> list[Signal]:

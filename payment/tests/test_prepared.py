@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, connections, models, transaction
+from django.db import IntegrityError, connection, connections, models, transaction
 from django.db.models import F
 from django.db.models.signals import post_save
 from django.db.transaction import TransactionManagementError
@@ -28,7 +28,7 @@ from payment.models import (
     WebhookEvent,
 )
 from payment.services.state import payment_lock
-from payment.sql import Prepared, update_returning_supported
+from payment.sql import Prepared, Together, update_returning_supported
 
 from .conftest import require_postgres
 from .test_processing import make_payment
@@ -177,3 +177,29 @@ def test_a_transition_still_sends_the_hosts_save_signals_when_it_listens() -> No
     assert transition is not None
     assert saved == [(Payment, False), (PaymentTransition, True), (Notification, True)]
     assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCESS
+
+
+_AMOUNT = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk"]), {"amount_paid": v["amount"]}),
+                   {"pk": "id", "amount": "amount_paid"})
+_REFERENCE = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk"]), {"reference": v["ref"]}),
+                      {"pk": "id", "ref": "reference"})
+
+
+def test_together_runs_two_updates_as_one_statement_on_postgres_and_both_or_neither_apply() -> None:
+    one, two, taken = make_payment("PR-TG-1"), make_payment("PR-TG-2"), make_payment("PR-TG-TAKEN")
+    both = Together(_AMOUNT, _REFERENCE)
+    with CaptureQueriesContext(connection) as captured:
+        both.update({"pk": one.pk, "amount": 111}, {"pk": two.pk, "ref": "PR-TG-2B"})
+    statements = [q["sql"] for q in captured.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    if connection.vendor == "postgresql":
+        assert len(statements) == 1 and statements[0].startswith("WITH")
+    else:
+        assert len(statements) == 2
+    assert Payment.objects.get(pk=one.pk).amount_paid == 111
+    assert Payment.objects.get(pk=two.pk).reference == "PR-TG-2B"
+    # The second breaks a unique constraint: the first is not applied either.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        both.update({"pk": one.pk, "amount": 222}, {"pk": two.pk, "ref": taken.reference})
+    assert Payment.objects.get(pk=one.pk).amount_paid == 111
+    with pytest.raises(ImproperlyConfigured):
+        Together(_AMOUNT, _BY_REFERENCE)  # a SELECT has no place in it
