@@ -78,8 +78,13 @@ class Prepared(Generic[M]):
     """
 
     def __init__(self, model: type[M], kind: Kind, build: Callable[[dict[str, Any]], Any],
-                 slots: dict[str, str]) -> None:
-        self.model, self.kind, self.build, self.slots = model, kind, build, slots
+                 slots: dict[str, str], *, also_return: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        """`also_return` (update_returning only): expressions (a Subquery with OuterRef to the updated row, say)
+        returned beside the row and set on each instance under their names: what the caller would otherwise
+        read in a statement of its own."""
+        if also_return is not None and kind != "update_returning":
+            raise ImproperlyConfigured("also_return is for update_returning statements")
+        self.model, self.kind, self.build, self.slots, self.also_return = model, kind, build, slots, also_return
         # Per connection object, not per alias: Django's connections are per thread, and the row converters
         # are bound to the connection they came from. A thread's connection that goes away takes its entry.
         self._compiled: weakref.WeakKeyDictionary[Any, _Compiled] = weakref.WeakKeyDictionary()
@@ -91,7 +96,17 @@ class Prepared(Generic[M]):
             cursor.execute(compiled.sql, params)
             fetched = cursor.fetchall()
         assert compiled.reader is not None
-        return compiled.reader.instances(fetched)
+        if not compiled.extras:
+            return compiled.reader.instances(fetched)
+        width = len(compiled.reader.fields)
+        instances = compiled.reader.instances([row[:width] for row in fetched])
+        for instance, row in zip(instances, fetched, strict=True):
+            for (name, expression, converters), raw in zip(compiled.extras, row[width:], strict=True):
+                value = raw
+                for convert in converters:
+                    value = convert(value, expression, compiled.connection)
+                setattr(instance, name, value)
+        return instances
 
     def update(self, values: Mapping[str, Any], *, using: str | None = None) -> int:
         """Run the UPDATE; the number of rows it changed."""
@@ -122,6 +137,7 @@ class Prepared(Generic[M]):
         fields = {name: _concrete_field(self.model, field_name) for name, field_name in self.slots.items()}
         markers = {name: _marker(field, i) for i, (name, field) in enumerate(fields.items())}
         built = self.build(markers)
+        extras: list[tuple[str, Any, list[Converter]]] = []
         if self.kind == "rows":
             queryset = built.using(using)
             compiler = queryset.query.get_compiler(using)
@@ -144,7 +160,16 @@ class Prepared(Generic[M]):
                 if not update_returning_supported(using):
                     raise ImproperlyConfigured(f"{connection.vendor} cannot return the rows an UPDATE changed")
                 reader = _RowReader(self.model, using)
-                sql = f"{sql} RETURNING {reader.columns}"
+                returned = [reader.columns]
+                params = list(params)
+                for name, expression in (self.also_return() if self.also_return else {}).items():
+                    resolved = expression.resolve_expression(query, allow_joins=False)
+                    extra_sql, extra_params = update_compiler.compile(resolved)
+                    returned.append(extra_sql)
+                    params.extend(extra_params)
+                    extras.append((name, resolved, [*connection.ops.get_db_converters(resolved),
+                                                    *resolved.get_db_converters(connection)]))
+                sql = f"{sql} RETURNING {', '.join(returned)}"
         params = tuple(params)
         slot_positions = []
         for name, field in fields.items():
@@ -154,7 +179,7 @@ class Prepared(Generic[M]):
                 raise ImproperlyConfigured(f"slot {name!r} is not a parameter of the compiled {meta.label} statement")
             slot_positions.append((name, field, positions))
         return _Compiled(connection=connection, sql=sql, params=params, slot_positions=tuple(slot_positions),
-                         reader=reader)
+                         reader=reader, extras=tuple(extras))
 
 
 class Together:
@@ -182,12 +207,13 @@ class Together:
 
 
 class _Compiled:
-    __slots__ = ("connection", "params", "reader", "slot_positions", "sql")
+    __slots__ = ("connection", "extras", "params", "reader", "slot_positions", "sql")
 
     def __init__(self, *, connection: Any, sql: str, params: tuple[Any, ...],
-                 slot_positions: tuple[tuple[str, Any, tuple[int, ...]], ...], reader: _RowReader | None) -> None:
+                 slot_positions: tuple[tuple[str, Any, tuple[int, ...]], ...], reader: _RowReader | None,
+                 extras: tuple[tuple[str, Any, list[Converter]], ...]) -> None:
         self.connection, self.sql, self.params = connection, sql, params
-        self.slot_positions, self.reader = slot_positions, reader
+        self.slot_positions, self.reader, self.extras = slot_positions, reader, extras
 
 
 def _concrete_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:

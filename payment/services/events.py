@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from .state import deliver_after_commit, notification_create
 logger = logging.getLogger("payment.services")
 
 
-def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | None = None,
+def event_finish(event: WebhookEvent, status: str, *, error: str = "", payment: Payment | PaymentSeen | None = None,
                  logged: bool = False) -> str:
     """Close the event. `logged`: its outcome is already in the log (the payment transition's line names the
     event), so this line goes at DEBUG: one INFO line per processed event."""
@@ -125,6 +126,28 @@ def event_unmatched(event: WebhookEvent, note: str = "", *, payment: Payment | N
     logger.warning("webhook unmatched", extra={"event_id": event.pk, "gateway": event.gateway,
                                                "reference": event.reference, "error": note or None})
     return EventStatus.UNMATCHED
+
+
+# What the claim returns beside the event (services/inbox.py): the id and status of the payment the event
+# names, read in the claim's own statement.
+CLAIM_PAYMENT_ID, CLAIM_PAYMENT_STATUS = "claim_payment_id", "claim_payment_status"
+
+
+@dataclass(frozen=True)
+class PaymentSeen:
+    """A payment as an event's processing first sees it, before the gateway is asked: its status decides
+    whether asking is worth it; every decision that changes it is taken on the locked row."""
+    pk: int
+    status: str
+
+
+def payment_seen(event: WebhookEvent) -> PaymentSeen | None:
+    """The payment an event names, from what its claim returned, or read now where the claim could not."""
+    if hasattr(event, CLAIM_PAYMENT_STATUS):
+        pk, status = getattr(event, CLAIM_PAYMENT_ID), getattr(event, CLAIM_PAYMENT_STATUS)
+        return PaymentSeen(pk=pk, status=status) if pk is not None else None
+    payment = payment_for_event(event)
+    return PaymentSeen(pk=payment.pk, status=payment.status) if payment is not None else None
 
 
 _PAYMENT_BY_REFERENCE = Prepared(

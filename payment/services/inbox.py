@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, router
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from payment.conf import app_settings
@@ -23,10 +23,11 @@ from ..models import (
     EVENT_REPLAYABLE,
     EventKind,
     EventStatus,
+    Payment,
     WebhookEvent,
 )
 from ..sql import Prepared, first_statement, update_returning_supported
-from .events import event_fail, event_finish, event_mark_dead
+from .events import CLAIM_PAYMENT_ID, CLAIM_PAYMENT_STATUS, event_fail, event_finish, event_mark_dead
 from .refunds import refund_event_apply
 from .scheduling import id_batches
 from .verification import charge_event_apply
@@ -110,9 +111,15 @@ def _claim_statement(*, force: bool, retake: bool) -> Prepared[WebhookEvent]:
             "status": EventStatus.PROCESSING, "attempts": F("attempts") + 1, "dispatched_via": v["via"],
             "claim_token": v["claim"], "updated_at": v["now"]}
 
+    def payment_too() -> dict[str, Subquery]:
+        # The payment the event names, for the handler's first look (events.payment_seen): no SELECT of its own.
+        named = Payment.objects.filter(reference=OuterRef("reference"), gateway=OuterRef("gateway"))
+        return {CLAIM_PAYMENT_ID: Subquery(named.values("pk")[:1]),
+                CLAIM_PAYMENT_STATUS: Subquery(named.values("status")[:1])}
+
     slots = {"event_id": "id", "stuck": "updated_at", "claim": "claim_token", "via": "dispatched_via",
              "now": "updated_at", **({"retake": "claim_token"} if retake else {})}
-    return Prepared(WebhookEvent, "update_returning", build, slots)
+    return Prepared(WebhookEvent, "update_returning", build, slots, also_return=payment_too)
 
 
 def _event_claim(statement: Prepared[WebhookEvent], values: dict[str, Any]) -> WebhookEvent | None:

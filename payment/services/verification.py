@@ -22,7 +22,7 @@ from ..models import (
     TransitionSource,
     WebhookEvent,
 )
-from .events import event_finish, event_unmatched, payment_for_event
+from .events import event_finish, event_unmatched, payment_seen
 from .refunds import refund_request
 from .state import OPEN_STATUSES, S, payment_lock, payment_transition
 
@@ -30,7 +30,7 @@ logger = logging.getLogger("payment.services")
 
 
 def charge_event_apply(event: WebhookEvent) -> str:
-    payment = payment_for_event(event)
+    payment = payment_seen(event)
     if payment is None:
         # The webhook beat our own INSERT (or the reference is not ours): keep it, retry it later.
         return event_unmatched(event)
@@ -38,8 +38,9 @@ def charge_event_apply(event: WebhookEvent) -> str:
         return event_finish(event, EventStatus.PROCESSED, payment=payment, error="")
     gateway = gateway_get(event.gateway)
     # Verify before locking: never hold a row lock (or SQLite's write lock) across a network call. The
-    # decision is re-taken under the lock, so two racing workers still give one transition.
-    verification = gateway.verify_transaction(reference=payment.reference,
+    # decision is re-taken under the lock, so two racing workers still give one transition. (The event's
+    # reference is the payment's: that is how it was found.)
+    verification = gateway.verify_transaction(reference=event.reference,
                                               gateway_transaction_id=event.gateway_transaction_id)
     if verification.outcome == base.OUTCOME_PENDING and event.body:
         claimed = gateway.parse_event(bytes(event.body)).outcome

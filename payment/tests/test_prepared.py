@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, connections, models, transaction
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 from django.db.models.signals import post_save
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
@@ -203,3 +203,21 @@ def test_together_runs_two_updates_as_one_statement_on_postgres_and_both_or_neit
     assert Payment.objects.get(pk=one.pk).amount_paid == 111
     with pytest.raises(ImproperlyConfigured):
         Together(_AMOUNT, _BY_REFERENCE)  # a SELECT has no place in it
+
+
+def test_update_returning_also_returns_the_expressions_asked_for_none_when_they_find_nothing() -> None:
+    if not update_returning_supported():
+        pytest.skip("this SQLite cannot return the rows an UPDATE changed")
+    payment = make_payment("PR-ALSO")
+    named = Payment.objects.filter(reference=OuterRef("reference"), gateway=OuterRef("gateway"))
+    statement = Prepared(WebhookEvent, "update_returning", lambda v: (
+        WebhookEvent.objects.filter(pk=v["pk"]), {"attempts": F("attempts") + 1}), {"pk": "id"},
+        also_return=lambda: {"seen_id": Subquery(named.values("pk")[:1]),
+                             "seen_paid_at": Subquery(named.values("created_at")[:1])})
+    (row,) = statement.rows({"pk": _event("PR-ALSO").pk})
+    assert (row.seen_id, row.seen_paid_at, row.attempts) == (payment.pk, payment.created_at, 1)
+    (row,) = statement.rows({"pk": _event("PR-NONE").pk})
+    assert (row.seen_id, row.seen_paid_at) == (None, None)
+    with pytest.raises(ImproperlyConfigured):
+        Prepared(Payment, "rows", lambda v: Payment.objects.filter(pk=v["pk"]), {"pk": "id"},
+                 also_return=lambda: {})
