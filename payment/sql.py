@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, router, transaction
 from django.db.models import AutoField, signals
@@ -235,7 +236,9 @@ def _marker(field: models.Field[Any, Any], index: int) -> Any:
                 "PositiveBigIntegerField", "SmallIntegerField", "ForeignKey"):
         return -(7_340_000_000 + index)
     if kind == "DateTimeField":
-        return _MARKER_EPOCH + timedelta(seconds=index, microseconds=1 + index)
+        marker = _MARKER_EPOCH + timedelta(seconds=index, microseconds=1 + index)
+        # As the values it stands for: aware with USE_TZ, naive without (the backends refuse the other kind).
+        return marker if settings.USE_TZ else marker.replace(tzinfo=None)
     raise ImproperlyConfigured(f"no Prepared slot for a {kind} ({field.name})")
 
 

@@ -221,3 +221,15 @@ def test_update_returning_also_returns_the_expressions_asked_for_none_when_they_
     with pytest.raises(ImproperlyConfigured):
         Prepared(Payment, "rows", lambda v: Payment.objects.filter(pk=v["pk"]), {"pk": "id"},
                  also_return=lambda: {})
+
+
+def test_date_time_slots_work_without_time_zone_support_too(settings: Any) -> None:
+    """A host project with USE_TZ = False: the marker is naive like the values (the backends refuse the other)."""
+    settings.USE_TZ = False
+    statement = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk"]),
+                                                       {"paid_at": v["paid_at"]}), {"pk": "id", "paid_at": "paid_at"})
+    payment = make_payment("PR-NAIVE")
+    when = timezone.now().replace(microsecond=0)
+    assert timezone.is_naive(when)
+    assert statement.update({"pk": payment.pk, "paid_at": when}) == 1
+    assert Payment.objects.filter(pk=payment.pk, paid_at=when).exists()
