@@ -67,7 +67,9 @@ class Payment(models.Model):
     last_verified_at = models.DateTimeField(null=True, blank=True)
     # Refund webhooks are waiting for this charge to settle (set and read under the row lock): the settling
     # transition releases them at once; without the flag every settle would have to look for them.
-    refund_events_held = models.BooleanField(default=False)
+    # db_default too: a process of the previous version, still running during an upgrade, inserts payments
+    # without this column.
+    refund_events_held = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='payment',
             name='refund_events_held',
-            field=models.BooleanField(default=False),
+            field=models.BooleanField(db_default=False, default=False),
         ),
         migrations.RunPython(flag_payments_with_held_refund_events, migrations.RunPython.noop),
     ]

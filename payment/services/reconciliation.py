@@ -18,6 +18,7 @@ from payment.conf import app_settings
 from .. import queueing
 from ..gateways import base
 from ..models import (
+    EventKind,
     EventStatus,
     Notification,
     Payment,
@@ -31,7 +32,7 @@ from .alerts import gateway_silence_alerts
 from .events import event_mark_dead
 from .refunds import refund_mark_unknown, refund_poll
 from .scheduling import heartbeat, ids_in_batches, lease_acquire, lease_release
-from .state import S, transition_hooks_run
+from .state import CHARGE_SETTLED, S, transition_hooks_run
 from .verification import payment_verify
 
 logger = logging.getLogger("payment.services")
@@ -92,8 +93,13 @@ def _unmatched_retry(now: datetime, budget: _Budget, counts: dict[str, int]) -> 
             return
         event_mark_dead(event_id, "no payment with this reference appeared in time")
         counts["dead"] += 1
-    due = unmatched.filter(received_at__gte=window_start).filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    retry_time = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    # Young events, and refund events held for a charge that has settled since, whatever their age: the settle
+    # releases those itself after commit, and this is the net for a release that never ran (its process died)
+    # or a hold the settle could not see (written by a version without Payment.refund_events_held).
+    due = unmatched.filter(retry_time).filter(
+        Q(received_at__gte=window_start)
+        | Q(kind=EventKind.REFUND, payment__isnull=False, payment__status__in=CHARGE_SETTLED))
     for event_id in ids_in_batches(due):
         if budget.spent():
             return

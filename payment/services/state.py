@@ -125,7 +125,8 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
     transaction.on_commit(lambda: _claimed_hooks_run(transition, notifications))
     if release_refund_events:
         # Only when refund events were held for it (the flag is written under this same lock), so a settle
-        # costs no search for them. A process that dies before this runs leaves them to the sweep.
+        # costs no search for them. A process that dies before this runs leaves them to the sweep, which
+        # retries held refund events of settled charges whatever their age (services/reconciliation.py).
         payment_id = payment.pk
         # Refunds build on this module (they move payments): importing them here breaks that cycle.
         from .refunds import refund_events_release  # noqa: PLC0415

@@ -595,3 +595,44 @@ def test_a_settle_with_no_refund_events_held_dispatches_none_and_one_held_before
             django_capture_on_commit_callbacks(execute=True):
         services.payment_verify(old.pk, source="callback")
     assert [c.args[0] for c in dispatch.call_args_list] == [event.pk]
+
+
+def _hold_old_refund_event(client: Client, capture: Any, reference: str) -> tuple[Payment, WebhookEvent]:
+    payment = make_payment(reference)
+    event = deliver_and_process(client, refund_event(reference, amount=200000, refund_reference=f"RF-{reference}"),
+                                capture)
+    assert event.status == EventStatus.UNMATCHED
+    # Held for longer than PAYSHIFT_UNMATCHED_RETRY_SECONDS (a review a person resolves days later, say).
+    old = timezone.now() - timedelta(seconds=app_settings.PAYSHIFT_UNMATCHED_RETRY_SECONDS + 3600)
+    WebhookEvent.objects.filter(pk=event.pk).update(received_at=old, next_attempt_at=old)
+    return payment, event
+
+
+def _sweep_dispatches() -> list[int]:
+    with mock.patch("payment.queueing.event_dispatch") as dispatch:
+        services.pending_payments_check(time_budget_seconds=20)
+    return [c.args[0] for c in dispatch.call_args_list]
+
+
+@respx.mock
+@pytest.mark.parametrize("how", ["release_lost_after_commit", "held_without_the_flag"])
+def test_an_old_refund_event_held_for_a_charge_that_settled_is_released_by_the_sweep(
+        client: Client, django_capture_on_commit_callbacks: Any, how: str):
+    """The settle releases held events after commit; the sweep is the net, whatever the event's age, when that
+    release never ran (the process died after COMMIT) or the hold was written without the flag (a worker of
+    the previous version during a rolling upgrade). Else the refund would never be booked and the charge would
+    look refundable in full."""
+    reference = f"RS-NET-{how[:4]}"
+    payment, event = _hold_old_refund_event(client, django_capture_on_commit_callbacks, reference)
+    if how == "held_without_the_flag":
+        Payment.objects.filter(pk=payment.pk).update(refund_events_held=False)
+    respx.get(f"{PAYSTACK_API}/transaction/verify/{reference}").mock(return_value=httpx.Response(
+        200, content=json_dumps(paystack_verify_answer(reference))))
+    assert event.pk not in _sweep_dispatches()  # still pending: the event waits for its payment
+    with mock.patch("payment.queueing.event_dispatch") as dispatch, \
+            django_capture_on_commit_callbacks(execute=how == "held_without_the_flag"):
+        services.payment_verify(payment.pk, source="callback")
+    dispatch.assert_not_called()  # lost with the process, or never asked for
+    payment.refresh_from_db()
+    assert (payment.status, payment.refund_events_held) == (PaymentStatus.SUCCESS, False)
+    assert _sweep_dispatches() == [event.pk]
