@@ -5,13 +5,12 @@ of a unit of work as its connection's health check."""
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import FullResultSet, ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, router, transaction
 from django.db.models import AutoField, signals
 from django.db.models.sql import InsertQuery, UpdateQuery
@@ -62,20 +61,21 @@ Kind = Literal["rows", "update", "update_returning"]
 
 
 class Prepared(Generic[M]):
-    """One ORM statement, compiled once per database and run many times with new values.
+    """One ORM statement, compiled once per connection and run many times with new values.
 
     Building a queryset and compiling it costs the worker more CPU than PostgreSQL spends running the statement
-    (bench/FINDINGS.md, "End to end"). Here the ORM builds the statement once, with a marker value in each
-    slot: `build(slots)` returns the queryset (and, for an UPDATE, the values to set) exactly as the plain ORM
-    call would, with `slots["name"]` where a value changes from call to call. Each marker is found among the
-    compiled parameters, and each run puts that slot's value, prepared by its model field as the ORM prepares
-    it, in the same places. The SQL, the WHERE and SET clauses and the quoting stay the ORM's own.
+    (bench/FINDINGS.md, "End to end"). Here the ORM builds the statement with marker values in the slots:
+    `build(slots)` returns the queryset (and, for an UPDATE, the values to set) exactly as the plain ORM call
+    would, with `slots["name"]` where a value changes from call to call. It is built twice, with two sets of
+    markers: the SQL must come out the same, the parameters that differ are the slots' places, and each must be
+    exactly one slot's marker as its model field prepares it. Each run puts that slot's value, prepared the
+    same way, in the same places. The SQL, the WHERE and SET clauses and the quoting stay the ORM's own.
 
-    `slots` maps each slot to the model field whose values it takes (an integer, text or date-time field; a
-    value of None only in a SET clause: the ORM writes "IS NULL" in a WHERE, which a marker cannot stand for).
-    A slot the compiled statement does not take as a parameter is an error at the first run, never a silent
-    constant. The shape (which filters, how many values in an IN list) is the builder's; a caller with several
-    shapes keeps one Prepared per shape.
+    `slots` maps each slot to the model field whose values it takes (an integer, text or date-time field).
+    Refused at the first run, never run with a silent constant: a slot the statement does not take, or takes
+    transformed (`startswith`, an escaped LIKE), or whose value changes the SQL. Refused at each run: None in
+    a WHERE slot (the ORM writes IS NULL there). The shape (which filters, how many values in an IN list) is
+    the builder's; a caller with several shapes keeps one Prepared per shape.
     """
 
     def __init__(self, model: type[M], kind: Kind, build: Callable[[dict[str, Any]], Any],
@@ -86,14 +86,11 @@ class Prepared(Generic[M]):
         if also_return is not None and kind != "update_returning":
             raise ImproperlyConfigured("also_return is for update_returning statements")
         self.model, self.kind, self.build, self.slots, self.also_return = model, kind, build, slots, also_return
-        # Per connection object, not per alias: Django's connections are per thread, and the row converters
-        # are bound to the connection they came from. A thread's connection that goes away takes its entry.
-        self._compiled: weakref.WeakKeyDictionary[Any, _Compiled] = weakref.WeakKeyDictionary()
 
     def rows(self, values: Mapping[str, Any], *, using: str | None = None) -> list[M]:
         """The model instances the queryset selects (kind "rows") or the UPDATE changed ("update_returning")."""
-        compiled, params = self._bind(using, values)
-        with compiled.connection.cursor() as cursor:
+        connection, compiled, params = self._bind(using, values)
+        with connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
             fetched = cursor.fetchall()
         assert compiled.reader is not None
@@ -105,116 +102,155 @@ class Prepared(Generic[M]):
             for (name, expression, converters), raw in zip(compiled.extras, row[width:], strict=True):
                 value = raw
                 for convert in converters:
-                    value = convert(value, expression, compiled.connection)
+                    value = convert(value, expression, connection)
                 setattr(instance, name, value)
         return instances
 
     def update(self, values: Mapping[str, Any], *, using: str | None = None) -> int:
         """Run the UPDATE; the number of rows it changed."""
-        compiled, params = self._bind(using, values)
-        with compiled.connection.cursor() as cursor:
+        connection, compiled, params = self._bind(using, values)
+        with connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
             return int(cursor.rowcount)
 
-    def _bind(self, using: str | None, values: Mapping[str, Any]) -> tuple[_Compiled, list[Any]]:
+    def using(self) -> str:
+        return router.db_for_read(self.model) if self.kind == "rows" else router.db_for_write(self.model)
+
+    def _bind(self, using: str | None, values: Mapping[str, Any]) -> tuple[Any, _Compiled, list[Any]]:
         if set(values) != set(self.slots):
             raise TypeError(f"{self.model.__name__} statement takes {sorted(self.slots)}, got {sorted(values)}")
-        if using is None:
-            using = router.db_for_read(self.model) if self.kind == "rows" else router.db_for_write(self.model)
-        connection = connections[using]
-        compiled = self._compiled.get(connection)
+        connection = connections[using or self.using()]
+        # Kept on the connection object: Django's connections are per thread (per request context under ASGI),
+        # the row converters are bound to the one they came from, and the cache goes when the connection goes.
+        cache: dict[Prepared[Any], _Compiled] = connection.__dict__.setdefault("_payshift_prepared", {})
+        compiled = cache.get(self)
         if compiled is None:
-            compiled = self._compiled[connection] = self._compile(using)
+            compiled = cache[self] = self._compile(connection)
         params = list(compiled.params)
-        for name, field, positions in compiled.slot_positions:
-            prepared = field.get_db_prep_value(values[name], compiled.connection)
+        for name, field, positions, in_where in compiled.slot_positions:
+            value = values[name]
+            if value is None and in_where:
+                raise ValueError(f"{self.model.__name__} statement: None for {name!r}, which a WHERE compares "
+                                 "(the ORM writes IS NULL there: build another shape)")
+            prepared = field.get_db_prep_value(value, connection)
             for position in positions:
                 params[position] = prepared
-        return compiled, params
+        return connection, compiled, params
 
-    def _compile(self, using: str) -> _Compiled:
-        connection = connections[using]
+    def _compile(self, connection: Any) -> _Compiled:
         meta = self.model._meta
         fields = {name: _concrete_field(self.model, field_name) for name, field_name in self.slots.items()}
-        markers = {name: _marker(field, i) for i, (name, field) in enumerate(fields.items())}
+        one, one_markers = self._sql(connection, fields, variant=0)
+        two, two_markers = self._sql(connection, fields, variant=1)
+        sql, params, where_from, reader, extras = one
+        if (sql, len(params)) != (two[0], len(two[1])):
+            raise ImproperlyConfigured(f"a {meta.label} statement whose SQL depends on a slot's value cannot be "
+                                       "prepared")
+        prepared_markers = {name: (field.get_db_prep_value(one_markers[name], connection),
+                                   field.get_db_prep_value(two_markers[name], connection))
+                            for name, field in fields.items()}
+        positions: dict[str, list[int]] = {name: [] for name in fields}
+        for i, (first, second) in enumerate(zip(params, two[1], strict=True)):
+            if type(first) is type(second) and first == second:
+                continue  # a constant of the statement
+            owners = [name for name, (a, b) in prepared_markers.items()
+                      if type(a) is type(first) and a == first and type(b) is type(second) and b == second]
+            if len(owners) != 1:
+                raise ImproperlyConfigured(f"parameter {i} of the {meta.label} statement is a slot's value "
+                                           "transformed (or no slot's): it cannot be prepared")
+            positions[owners[0]].append(i)
+        missing = [name for name, found in positions.items() if not found]
+        if missing:
+            raise ImproperlyConfigured(f"slot(s) {missing} are not parameters of the compiled {meta.label} statement")
+        slot_positions = tuple((name, fields[name], tuple(found), any(p >= where_from for p in found))
+                               for name, found in positions.items())
+        return _Compiled(sql=sql, params=tuple(params), slot_positions=slot_positions, reader=reader,
+                         extras=tuple(extras))
+
+    def _sql(self, connection: Any, fields: Mapping[str, models.Field[Any, Any]], *, variant: int) -> tuple[
+            tuple[str, list[Any], int, _RowReader | None, list[tuple[str, Any, list[Converter]]]], dict[str, Any]]:
+        """(SQL, parameters, index of the first WHERE parameter, row reader, extras) with one set of markers."""
+        using = connection.alias
+        meta = self.model._meta
+        markers = {name: _marker(field, i, variant, connection) for i, (name, field) in enumerate(fields.items())}
         built = self.build(markers)
         extras: list[tuple[str, Any, list[Converter]]] = []
         if self.kind == "rows":
-            queryset = built.using(using)
-            compiler = queryset.query.get_compiler(using)
+            compiler = built.using(using).query.get_compiler(using)
             sql, params = compiler.as_sql()
             selected = [column.target for column, _sql, _alias in compiler.select]
             if selected != list(meta.concrete_fields):
                 raise ImproperlyConfigured(f"a Prepared SELECT of {meta.label} takes every concrete column")
-            reader: _RowReader | None = _RowReader(self.model, using)
-        else:
-            queryset, update_values = built
-            query = queryset.using(using).query.chain(UpdateQuery)
-            query.add_update_values(update_values)
-            update_compiler = query.get_compiler(using)
-            update_compiler.pre_sql_setup()
-            sql, params = update_compiler.as_sql()
-            if not sql:
-                raise ImproperlyConfigured(f"a Prepared UPDATE of {meta.label} compiled to nothing")
-            reader = None
-            if self.kind == "update_returning":
-                if not update_returning_supported(using):
-                    raise ImproperlyConfigured(f"{connection.vendor} cannot return the rows an UPDATE changed")
-                reader = _RowReader(self.model, using)
-                returned = [reader.columns]
-                params = list(params)
-                for name, expression in (self.also_return() if self.also_return else {}).items():
-                    resolved = expression.resolve_expression(query, allow_joins=False)
-                    extra_sql, extra_params = update_compiler.compile(resolved)
-                    returned.append(extra_sql)
-                    params.extend(extra_params)
-                    extras.append((name, resolved, [*connection.ops.get_db_converters(resolved),
-                                                    *resolved.get_db_converters(connection)]))
-                sql = f"{sql} RETURNING {', '.join(returned)}"
-        params = tuple(params)
-        slot_positions = []
-        for name, field in fields.items():
-            expected = field.get_db_prep_value(markers[name], connection)
-            positions = tuple(i for i, p in enumerate(params) if type(p) is type(expected) and p == expected)
-            if not positions:
-                raise ImproperlyConfigured(f"slot {name!r} is not a parameter of the compiled {meta.label} statement")
-            slot_positions.append((name, field, positions))
-        return _Compiled(connection=connection, sql=sql, params=params, slot_positions=tuple(slot_positions),
-                         reader=reader, extras=tuple(extras))
+            return (sql, list(params), 0, _RowReader(self.model, using), extras), markers
+        queryset, update_values = built
+        query = queryset.using(using).query.chain(UpdateQuery)
+        query.add_update_values(update_values)
+        update_compiler = query.get_compiler(using)
+        update_compiler.pre_sql_setup()
+        sql, params = update_compiler.as_sql()
+        if not sql:
+            raise ImproperlyConfigured(f"a Prepared UPDATE of {meta.label} compiled to nothing")
+        params = list(params)
+        # SET's parameters come first, then WHERE's (SQLUpdateCompiler.as_sql).
+        try:
+            where_params = update_compiler.compile(update_compiler.query.where)[1]
+        except FullResultSet:
+            where_params = []
+        where_from = len(params) - len(where_params)
+        reader = None
+        if self.kind == "update_returning":
+            if not update_returning_supported(using):
+                raise ImproperlyConfigured(f"{connection.vendor} cannot return the rows an UPDATE changed")
+            reader = _RowReader(self.model, using)
+            returned = [reader.columns]
+            for name, expression in (self.also_return() if self.also_return else {}).items():
+                resolved = expression.resolve_expression(query, allow_joins=False)
+                extra_sql, extra_params = update_compiler.compile(resolved)
+                returned.append(extra_sql)
+                params.extend(extra_params)
+                extras.append((name, resolved, [*connection.ops.get_db_converters(resolved),
+                                                *resolved.get_db_converters(connection)]))
+            sql = f"{sql} RETURNING {', '.join(returned)}"
+        return (sql, params, where_from, reader, extras), markers
 
 
 class Together:
-    """Two Prepared UPDATEs that must commit together, as one statement where the database allows it
-    (PostgreSQL: the first in a WITH clause, which the statement runs to completion whatever the second
-    reads): one round trip and one commit, not BEGIN, two statements and COMMIT. Elsewhere the two run in
-    one transaction. Both statements are on the same database."""
+    """Two Prepared UPDATEs of two tables that must commit together, as one statement where the database allows
+    it (PostgreSQL: the first in a WITH clause, which the statement runs to completion whatever the second
+    reads): one round trip and one commit, not BEGIN, two statements and COMMIT. Elsewhere the two run in one
+    transaction. Two tables, because PostgreSQL applies only one of two such UPDATEs of the same row."""
 
     def __init__(self, first: Prepared[Any], second: Prepared[Any]) -> None:
-        if "update" not in (first.kind, second.kind) or first.kind != second.kind:
+        if first.kind != "update" or second.kind != "update":
             raise ImproperlyConfigured("Together runs two Prepared UPDATEs")
+        if first.model._meta.db_table == second.model._meta.db_table:
+            raise ImproperlyConfigured("Together runs UPDATEs of two different tables")
         self.first, self.second = first, second
 
-    def update(self, first: Mapping[str, Any], second: Mapping[str, Any], *, using: str | None = None) -> None:
-        using = using or router.db_for_write(self.first.model)
-        if connections[using].vendor != "postgresql":
+    def update(self, first: Mapping[str, Any], second: Mapping[str, Any]) -> None:
+        using = self.first.using()
+        if self.second.using() != using:
+            raise ImproperlyConfigured("Together's two tables are routed to different databases")
+        connection = connections[using]
+        if connection.vendor != "postgresql":
             with transaction.atomic(using=using):
                 self.first.update(first, using=using)
                 self.second.update(second, using=using)
             return
-        one, one_params = self.first._bind(using, first)
-        two, two_params = self.second._bind(using, second)
-        with connections[using].cursor() as cursor:
+        _, one, one_params = self.first._bind(using, first)
+        _, two, two_params = self.second._bind(using, second)
+        with connection.cursor() as cursor:
             cursor.execute(f"WITH first_update AS ({one.sql}) {two.sql}", [*one_params, *two_params])
 
 
 class _Compiled:
-    __slots__ = ("connection", "extras", "params", "reader", "slot_positions", "sql")
+    __slots__ = ("extras", "params", "reader", "slot_positions", "sql")
 
-    def __init__(self, *, connection: Any, sql: str, params: tuple[Any, ...],
-                 slot_positions: tuple[tuple[str, Any, tuple[int, ...]], ...], reader: _RowReader | None,
+    def __init__(self, *, sql: str, params: tuple[Any, ...],
+                 slot_positions: tuple[tuple[str, Any, tuple[int, ...], bool], ...], reader: _RowReader | None,
                  extras: tuple[tuple[str, Any, list[Converter]], ...]) -> None:
-        self.connection, self.sql, self.params = connection, sql, params
-        self.slot_positions, self.reader, self.extras = slot_positions, reader, extras
+        self.sql, self.params, self.slot_positions = sql, params, slot_positions
+        self.reader, self.extras = reader, extras
 
 
 def _concrete_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
@@ -225,18 +261,25 @@ def _concrete_field(model: type[models.Model], name: str) -> models.Field[Any, A
 
 
 _MARKER_EPOCH = datetime(1901, 2, 3, 4, 5, 6, tzinfo=UTC)
+_INTEGER_KINDS = frozenset({"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+                            "SmallIntegerField", "PositiveIntegerField", "PositiveBigIntegerField",
+                            "PositiveSmallIntegerField"})
 
 
-def _marker(field: models.Field[Any, Any], index: int) -> Any:
-    """A value of the field's type that no real call uses and that survives the ORM's preparation whole."""
-    kind = field.get_internal_type()
+def _marker(field: models.Field[Any, Any], index: int, variant: int, connection: Any) -> Any:
+    """A value of the field's type that no real call uses, one per slot and variant: integers inside the
+    column's range (the ORM drops or empties a comparison with one outside it), text with the characters an
+    escaping lookup would change (so a transformed slot is seen and refused)."""
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    kind = target.get_internal_type()
     if kind in ("CharField", "TextField", "EmailField", "SlugField", "URLField"):
-        return f"\x1fpayshift-slot-{index}\x1f"
-    if kind in ("AutoField", "BigAutoField", "IntegerField", "BigIntegerField", "PositiveIntegerField",
-                "PositiveBigIntegerField", "SmallIntegerField", "ForeignKey"):
-        return -(7_340_000_000 + index)
+        return f"\x1f%_\\payshift-slot-{index}-{variant}\x1f"
+    if kind in _INTEGER_KINDS:
+        _low, high = connection.ops.integer_field_range(kind)
+        top = 1_000_000_007 if high is None else min(high - 1_000, 1_000_000_007)
+        return top - 2 * index - variant
     if kind == "DateTimeField":
-        marker = _MARKER_EPOCH + timedelta(seconds=index, microseconds=1 + index)
+        marker = _MARKER_EPOCH + timedelta(days=variant, seconds=index, microseconds=1 + index)
         # As the values it stands for: aware with USE_TZ, naive without (the backends refuse the other kind).
         return marker if settings.USE_TZ else marker.replace(tzinfo=None)
     raise ImproperlyConfigured(f"no Prepared slot for a {kind} ({field.name})")

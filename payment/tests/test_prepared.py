@@ -4,7 +4,9 @@ one compiled statement per thread's connection. The hot paths that use it still 
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from datetime import timedelta
 from typing import Any
 from unittest import mock
@@ -60,7 +62,7 @@ def test_a_select_gives_the_rows_the_orm_gives_and_is_compiled_once() -> None:
     assert compile_.call_count <= 1  # once per connection (none if an earlier test compiled it on this one)
     # The text is the ORM's own for that queryset.
     sql, _ = Payment.objects.filter(reference="PR-1", gateway="paystack")[:1].query.sql_with_params()
-    assert _BY_REFERENCE._compiled[connections["default"]].sql == sql
+    assert connections["default"].__dict__["_payshift_prepared"][_BY_REFERENCE].sql == sql
 
 
 def test_update_returning_gives_the_updated_rows_with_every_field_converted() -> None:
@@ -107,7 +109,7 @@ def test_what_a_prepared_statement_cannot_stand_for_is_refused_not_run() -> None
     make_payment("PR-BAD")
     ignored = Prepared(Payment, "rows", lambda v: Payment.objects.filter(reference="PR-BAD"),
                        {"reference": "reference"})
-    with pytest.raises(ImproperlyConfigured, match="not a parameter"):
+    with pytest.raises(ImproperlyConfigured, match="not parameters"):
         ignored.rows({"reference": "PR-BAD"})  # the slot would silently be a constant
     flag = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk"]),
                                                   {"refund_events_held": v["held"]}),
@@ -183,24 +185,27 @@ _AMOUNT = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk
                    {"pk": "id", "amount": "amount_paid"})
 _REFERENCE = Prepared(Payment, "update", lambda v: (Payment.objects.filter(pk=v["pk"]), {"reference": v["ref"]}),
                       {"pk": "id", "ref": "reference"})
+_DEDUPE_KEY = Prepared(WebhookEvent, "update", lambda v: (WebhookEvent.objects.filter(pk=v["pk"]),
+                                                          {"dedupe_key": v["key"]}), {"pk": "id", "key": "dedupe_key"})
 
 
 def test_together_runs_two_updates_as_one_statement_on_postgres_and_both_or_neither_apply() -> None:
-    one, two, taken = make_payment("PR-TG-1"), make_payment("PR-TG-2"), make_payment("PR-TG-TAKEN")
-    both = Together(_AMOUNT, _REFERENCE)
+    payment = make_payment("PR-TG-1")
+    event, taken = _event("PR-TG-E"), _event("PR-TG-TAKEN")
+    both = Together(_AMOUNT, _DEDUPE_KEY)
     with CaptureQueriesContext(connection) as captured:
-        both.update({"pk": one.pk, "amount": 111}, {"pk": two.pk, "ref": "PR-TG-2B"})
+        both.update({"pk": payment.pk, "amount": 111}, {"pk": event.pk, "key": "k-new"})
     statements = [q["sql"] for q in captured.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
     if connection.vendor == "postgresql":
         assert len(statements) == 1 and statements[0].startswith("WITH")
     else:
         assert len(statements) == 2
-    assert Payment.objects.get(pk=one.pk).amount_paid == 111
-    assert Payment.objects.get(pk=two.pk).reference == "PR-TG-2B"
+    assert Payment.objects.get(pk=payment.pk).amount_paid == 111
+    assert WebhookEvent.objects.get(pk=event.pk).dedupe_key == "k-new"
     # The second breaks a unique constraint: the first is not applied either.
     with pytest.raises(IntegrityError), transaction.atomic():
-        both.update({"pk": one.pk, "amount": 222}, {"pk": two.pk, "ref": taken.reference})
-    assert Payment.objects.get(pk=one.pk).amount_paid == 111
+        both.update({"pk": payment.pk, "amount": 222}, {"pk": event.pk, "key": taken.dedupe_key})
+    assert Payment.objects.get(pk=payment.pk).amount_paid == 111
     with pytest.raises(ImproperlyConfigured):
         Together(_AMOUNT, _BY_REFERENCE)  # a SELECT has no place in it
 
@@ -233,3 +238,66 @@ def test_date_time_slots_work_without_time_zone_support_too(settings: Any) -> No
     assert timezone.is_naive(when)
     assert statement.update({"pk": payment.pk, "paid_at": when}) == 1
     assert Payment.objects.filter(pk=payment.pk, paid_at=when).exists()
+
+
+
+def test_what_would_bind_a_value_other_than_the_orm_does_is_refused() -> None:
+    """Each case the ORM prepares differently from a plain value: refused at the first run, never run."""
+    payment = make_payment("PR-REF")
+    transformed = Prepared(Payment, "rows", lambda v: Payment.objects.filter(
+        reference=v["r"], reference__startswith=v["r"]), {"r": "reference"})
+    with pytest.raises(ImproperlyConfigured, match="transformed"):
+        transformed.rows({"r": "PR-REF"})  # the LIKE pattern would keep the marker
+    escaped = Prepared(Payment, "rows", lambda v: Payment.objects.filter(reference__iexact=v["r"]),
+                       {"r": "reference"})
+    if connection.vendor == "sqlite":  # SQLite's iexact is a LIKE whose value the ORM escapes
+        with pytest.raises(ImproperlyConfigured, match="transformed"):
+            escaped.rows({"r": "pr_ref"})
+    else:  # PostgreSQL's is UPPER(...) = UPPER(%s): the value goes in as it is, as with the ORM
+        assert escaped.rows({"r": "pr-ref"})[0].pk == payment.pk
+        assert escaped.rows({"r": "pr_ref"}) == list(Payment.objects.filter(reference__iexact="pr_ref")) == []
+    with pytest.raises(ValueError, match="IS NULL"):  # the ORM writes IS NULL there, a marker cannot
+        Prepared(Payment, "rows", lambda v: Payment.objects.filter(reference=v["r"], paid_at=v["at"]),
+                 {"r": "reference", "at": "paid_at"}).rows({"r": "PR-REF", "at": None})
+
+
+def test_a_comparison_on_a_small_integer_column_is_kept() -> None:
+    """A marker outside a 32-bit column's range would make the ORM drop `>=` (always true) or empty `=`: the
+    markers stay inside it, so the comparison is compiled and applied like the ORM's."""
+    event = _event("PR-INT", attempts=5)
+    raise_to = Prepared(WebhookEvent, "update", lambda v: (
+        WebhookEvent.objects.filter(pk=v["pk"], attempts__gte=v["n"]), {"attempts": v["n"]}),
+        {"pk": "id", "n": "attempts"})
+    assert raise_to.update({"pk": event.pk, "n": 9}) == 0  # 5 >= 9 is false: nothing written
+    assert raise_to.update({"pk": event.pk, "n": 4}) == 1
+    assert WebhookEvent.objects.get(pk=event.pk).attempts == 4
+    exact = Prepared(WebhookEvent, "rows", lambda v: WebhookEvent.objects.filter(attempts=v["n"]), {"n": "attempts"})
+    assert [e.pk for e in exact.rows({"n": 4})] == [event.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_compiled_statements_go_with_their_connection() -> None:
+    """Kept on the connection object: a thread's (an ASGI request's) connection that is dropped takes its
+    compiled statements along, and nothing keeps its database connection open."""
+    require_postgres()  # SQLite's test database is one connection shared by the threads
+    payment = make_payment("PR-GONE")
+    seen: list[weakref.ref[Any]] = []
+
+    def work(close: bool) -> None:
+        assert _BY_REFERENCE.rows({"reference": payment.reference, "gateway": "paystack"})[0].pk == payment.pk
+        seen.append(weakref.ref(connections["default"]))
+        if close:
+            connections.close_all()
+
+    for close in (True, False, True, False):
+        thread = threading.Thread(target=work, args=(close,))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(seen) == 4 and [ref() for ref in seen] == [None] * 4
+
+
+def test_together_refuses_two_updates_of_one_table() -> None:
+    """PostgreSQL applies only one of two UPDATEs of the same row in one statement."""
+    with pytest.raises(ImproperlyConfigured, match="two different tables"):
+        Together(_AMOUNT, _REFERENCE)
