@@ -113,6 +113,9 @@ def _claim_statement(*, force: bool, retake: bool) -> Prepared[WebhookEvent]:
 
     def payment_too() -> dict[str, Subquery]:
         # The payment the event names, for the handler's first look (events.payment_seen): no SELECT of its own.
+        # Two subqueries of one row (references are unique). Read in the claim's snapshot, which may be a moment
+        # older than the row lock it waited for: a status that is stale only ever lags behind (statuses move
+        # forward), so at worst the handler asks the gateway once more, and it decides on the locked row.
         named = Payment.objects.filter(reference=OuterRef("reference"), gateway=OuterRef("gateway"))
         return {CLAIM_PAYMENT_ID: Subquery(named.values("pk")[:1]),
                 CLAIM_PAYMENT_STATUS: Subquery(named.values("status")[:1])}

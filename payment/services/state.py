@@ -76,6 +76,8 @@ def payment_transition(payment: Payment, to_status: str, *, source: str, event: 
                        details: Mapping[str, Any] | None = None, review_reason: str | None = None,
                        reason: str = "", actor: str = "") -> PaymentTransition | None:
     """Move a LOCKED payment forward, with its audit row and notification rows, in the caller's transaction.
+    (Locked: read with payment_lock in this transaction. Its fields are the truth the move is decided and
+    written on, the flag of held refund events included.)
 
     Returns None (and changes nothing) when the move is not allowed by the state machine.
     """
