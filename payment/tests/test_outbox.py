@@ -20,7 +20,7 @@ from django_q.timeout import TimeoutHandler
 
 from payment import outbox, q_tasks, queueing, services, sql, tasks
 from payment.conf import app_settings
-from payment.models import EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
+from payment.models import EventKind, EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
 
 from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
 from .test_claims import _terminate_own_backend
@@ -435,6 +435,49 @@ def test_fast_insert_stores_what_the_orm_would(client: Client) -> None:
     stored_fast, stored_orm = (WebhookEvent.objects.filter(pk=e.pk).values(*columns).get() for e in (fast, orm))
     assert stored_fast == stored_orm
     assert fast.pk and fast.received_at and fast.updated_at and not fast._state.adding
+
+
+def test_insert_values_stores_what_the_orm_would(client: Client) -> None:
+    """On the suite's database, SQLite or PostgreSQL (there with server-side binding)."""
+    fields = dict(gateway="paystack", event="charge.success", kind=EventKind.CHARGE, body=b"\x00raw\xff'\\",
+                  headers={"a": "b", "quote": "it's"}, source_ip="10.1.2.3", dedupe_key="k1", reference="R'; --",
+                  gateway_transaction_id="7", mode="test", status=EventStatus.RECEIVED)
+    with CaptureQueriesContext(connection) as queries:
+        pk = sql.insert_values(WebhookEvent, fields)
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT"]
+    orm = WebhookEvent(**{**fields, "dedupe_key": "k2"})
+    orm.save(force_insert=True)
+    skip = {"id", "dedupe_key", "received_at", "updated_at"}
+    columns = [f.attname for f in WebhookEvent._meta.concrete_fields if f.attname not in skip]
+    stored, stored_orm = (WebhookEvent.objects.filter(pk=p).values(*columns).get() for p in (pk, orm.pk))
+    assert stored == stored_orm
+    row = WebhookEvent.objects.get(pk=pk)
+    # auto_now_add and auto_now: one timestamp for the new row; defaults for what was not given.
+    assert row.received_at == row.updated_at and abs((timezone.now() - row.received_at).total_seconds()) < 60
+    assert (row.attempts, row.claim_token, row.payment_id, row.processed_at) == (0, "", None, None)
+
+
+def test_insert_values_duplicate_is_an_integrity_error_and_a_bad_name_a_type_error(client: Client) -> None:
+    from django.db import IntegrityError
+
+    values = dict(gateway="paystack", event="charge.success", dedupe_key="dup", body=b"x")
+    sql.insert_values(WebhookEvent, values)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        sql.insert_values(WebhookEvent, values)
+    with pytest.raises(TypeError, match="payment"):
+        sql.insert_values(WebhookEvent, {**values, "dedupe_key": "other", "payment": None})
+    assert WebhookEvent.objects.filter(dedupe_key="dup").count() == 1
+
+
+def test_insert_values_binds_on_the_server_on_postgres(client: Client) -> None:
+    require_postgres()
+    with CaptureQueriesContext(connection) as queries:
+        sql.insert_values(WebhookEvent, dict(gateway="paystack", event="charge.success", dedupe_key="srv",
+                                             body=b"raw-body-bytes"))
+    (query,) = queries.captured_queries
+    # Django logs the statement psycopg sent: with its placeholders, the body was not quoted into the SQL.
+    assert "$1" in query["sql"] and "raw-body-bytes" not in query["sql"] and "72617" not in query["sql"]
+    assert bytes(WebhookEvent.objects.get(dedupe_key="srv").body) == b"raw-body-bytes"
 
 
 def test_webhook_costs_one_statement_and_no_health_check_query(client: Client, broker: Broker) -> None:

@@ -93,7 +93,7 @@ def test_update_returning_gives_the_updated_rows_with_every_field_converted(clie
     before = WebhookEvent.objects.get(pk=event.pk)
     now = timezone.now()
     with CaptureQueriesContext(connection) as captured:
-        rows = update_returning(WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.QUEUED),
+        rows = update_returning(WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.RECEIVED),
                                 status=EventStatus.PROCESSING, claim_token="tok", updated_at=now,
                                 attempts=before.attempts + 1)
     assert len(captured.captured_queries) == 1 and "RETURNING" in captured.captured_queries[0]["sql"]
@@ -104,8 +104,8 @@ def test_update_returning_gives_the_updated_rows_with_every_field_converted(clie
     assert (row.status, row.claim_token, row.attempts, row.updated_at) == ("processing", "tok", 1, now)
     assert isinstance(row.headers, dict) and bytes(row.body) == bytes(before.body) and row.received_at.tzinfo
     assert not row._state.adding and row._state.db == "default"
-    # Nothing matches any more (no longer queued): no rows, nothing written.
-    assert update_returning(WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.QUEUED),
+    # Nothing matches any more (no longer received): no rows, nothing written.
+    assert update_returning(WebhookEvent.objects.filter(pk=event.pk, status=EventStatus.RECEIVED),
                             claim_token="other") == []
     assert WebhookEvent.objects.get(pk=event.pk).claim_token == "tok"
 
