@@ -90,6 +90,7 @@ def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) ->
         settle()
     totals = {name: [0.0, 0.0, 0.0, 0.0] for name in targets}  # process cpu, pg, wall, request thread cpu
     profiler = cProfile.Profile(time.thread_time) if profile else None
+    per_round: dict[str, list[float]] = {name: [] for name in targets}  # process CPU of each round
     for _round in range(rounds):
         for name, path in targets.items():
             start_pg = backends()
@@ -111,6 +112,7 @@ def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) ->
             pg = sum(end_pg[p] - start_pg.get(p, 0.0) for p in end_pg)
             for i, v in enumerate((cpu, pg, wall, thread)):
                 totals[name][i] += v
+            per_round[name].append(cpu + pg)
     n = count * rounds
     for name, (cpu, pg, wall, thread) in totals.items():
         print(f"[ingest-probe] {name:>8}: {n} requests, per request: process CPU {cpu * 1000 / n:.3f} ms "
@@ -120,6 +122,11 @@ def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) ->
     pc, pp, _, _ = totals["payshift"]
     print(f"[ingest-probe] payshift / minimal: process CPU {pc / mc:.2f} x, PostgreSQL {pp / mp:.2f} x" if mc and mp
           else "[ingest-probe] (no minimal figures)")
+    # Each round's two targets ran back to back: on a shared machine their ratio is steadier than the totals.
+    ratios = sorted(p / m for p, m in zip(per_round["payshift"], per_round["minimal"], strict=True) if m)
+    if ratios:
+        print(f"[ingest-probe] payshift / minimal, process + PostgreSQL CPU, per round: median "
+              f"{ratios[len(ratios) // 2]:.2f} x (min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
     if profiler is not None:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)

@@ -165,6 +165,11 @@ def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
         # retries for ~19 s (celery.backends.redis ResultConsumer.reconnect_on_error). Nobody reads results.
         # The host's own Celery app (current_app), never Payshift's: in a host project its worker consumes
         # the default queue, with the host's broker settings.
+        # argsrepr: Celery builds the message's printable args with its saferepr, a third of a publish's CPU
+        # for a batch of ids (bench/FINDINGS.md); repr() of ints says the same, within saferepr's 1,024.
+        text = repr(list(args))
+        if len(text) <= 1024:
+            options = {"argsrepr": text, "kwargsrepr": "{}", **options}
         current_app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, redis errors...)
         circuit.end(ticket, ok=False)
