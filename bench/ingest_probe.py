@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.stack import Ports, Stack, cpu_seconds
+from bench.stack import Ports, Stack, cpu_seconds, machine_busy_seconds
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
@@ -88,13 +88,14 @@ def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) ->
         for _ in range(warmup):
             send(path, next(queues[name]))
         settle()
-    totals = {name: [0.0, 0.0, 0.0, 0.0] for name in targets}  # process cpu, pg, wall, request thread cpu
+    totals = {name: [0.0, 0.0, 0.0, 0.0, 0.0] for name in targets}  # process, pg, wall, request thread, machine
     profiler = cProfile.Profile(time.thread_time) if profile else None
     per_round: dict[str, list[float]] = {name: [] for name in targets}  # process CPU of each round
     for _round in range(rounds):
         for name, path in targets.items():
             start_pg = backends()
             cpu0, wall0, thread0 = time.process_time(), time.perf_counter(), time.thread_time()
+            machine0 = machine_busy_seconds()
             for _ in range(count):
                 req = next(queues[name])
                 if profiler is not None and name == "payshift":
@@ -109,17 +110,18 @@ def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) ->
                 settle()  # the relay's publishes and marks belong to these requests
             cpu = time.process_time() - cpu0
             end_pg = backends()
+            machine = machine_busy_seconds() - machine0
             pg = sum(end_pg[p] - start_pg.get(p, 0.0) for p in end_pg)
-            for i, v in enumerate((cpu, pg, wall, thread)):
+            for i, v in enumerate((cpu, pg, wall, thread, machine)):
                 totals[name][i] += v
             per_round[name].append(cpu + pg)
     n = count * rounds
-    for name, (cpu, pg, wall, thread) in totals.items():
+    for name, (cpu, pg, wall, thread, machine) in totals.items():
         print(f"[ingest-probe] {name:>8}: {n} requests, per request: process CPU {cpu * 1000 / n:.3f} ms "
               f"(request thread {thread * 1000 / n:.3f}), PostgreSQL {pg * 1000 / n:.3f} ms, "
-              f"wall {wall * 1000 / n:.3f} ms")
-    mc, mp, _, _ = totals["minimal"]
-    pc, pp, _, _ = totals["payshift"]
+              f"wall {wall * 1000 / n:.3f} ms, whole machine {machine * 1000 / n:.3f} ms")
+    mc, mp, _, _, _ = totals["minimal"]
+    pc, pp, _, _, _ = totals["payshift"]
     print(f"[ingest-probe] payshift / minimal: process CPU {pc / mc:.2f} x, PostgreSQL {pp / mp:.2f} x" if mc and mp
           else "[ingest-probe] (no minimal figures)")
     # Each round's two targets ran back to back: on a shared machine their ratio is steadier than the totals.
