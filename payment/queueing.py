@@ -125,7 +125,10 @@ SWEEPABLE = EVENT_UNFINISHED
 
 def sweep_due(now: datetime) -> Q:
     """Events the periodic sweep re-dispatches: what a lost publish, a dead worker or a lost retry left.
-    `queued` rows are in a broker already, and `processing` ones belong to a worker until they are stale."""
+    `received` rows unclaimed after PAYSHIFT_SWEEP_AFTER_SECONDS: the relay's hand-off was lost, or they wait
+    in a broker's backlog (the relay does not mark what it published, events_dispatch); the sweep publishes
+    them once more and marks them `queued`. `queued` rows are in a broker already, and `processing` ones
+    belong to a worker, until they are stale."""
     stale = now - timedelta(seconds=app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS)
     stuck = now - timedelta(seconds=app_settings.PAYSHIFT_PROCESSING_STUCK_SECONDS)
     return (Q(status=EventStatus.RECEIVED, updated_at__lt=stale)
@@ -162,6 +165,11 @@ def _celery_publish(task_name: str, *args: Any, **options: Any) -> bool:
         # retries for ~19 s (celery.backends.redis ResultConsumer.reconnect_on_error). Nobody reads results.
         # The host's own Celery app (current_app), never Payshift's: in a host project its worker consumes
         # the default queue, with the host's broker settings.
+        # argsrepr: Celery builds the message's printable args with its saferepr, a third of a publish's CPU
+        # for a batch of ids (bench/FINDINGS.md); repr() of ints says the same, within saferepr's 1,024.
+        text = repr(list(args))
+        if len(text) <= 1024:
+            options = {"argsrepr": text, "kwargsrepr": "{}", **options}
         current_app.send_task(task_name, args=list(args), retry=False, ignore_result=True, **options)
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, redis errors...)
         circuit.end(ticket, ok=False)
@@ -222,25 +230,28 @@ def event_dispatch(event_id: int, *, path: str = "ingest", log_fields: dict[str,
 
 
 def events_dispatch(event_ids: Sequence[int]) -> str:
-    """Publish events the webhook view stored (`received`), for the outbox relay, then mark them `queued`.
-    Returns "celery", "django_q" or "none" (the rows stay `received` for the sweep).
+    """Publish events the webhook view stored (`received`), for the outbox relay. Returns "celery", "django_q"
+    or "none" (the rows stay `received` for the sweep, with the reason in `last_error`).
 
-    Publish first, mark after: a relay that dies in between leaves `received` rows that the sweep publishes
-    again (processing is idempotent), never a `queued` row that no broker holds. The mark only moves rows
-    still `received`, so a worker that claimed one already keeps it."""
+    A published event is not marked: it stays `received` until a worker claims it (`processing`), which is
+    usually milliseconds later. Marking it `queued` here cost an UPDATE per batch that rewrote every row of
+    the batch (a new 1.5 kB tuple and an entry in each index: status and updated_at are indexed), as much
+    PostgreSQL work as the INSERT itself (bench/FINDINGS.md). What the mark bought is a longer wait before
+    the sweep publishes an event again, and only for events still unclaimed after
+    PAYSHIFT_SWEEP_AFTER_SECONDS: a backlog that old is published once more by the sweep, which marks it
+    `queued` (then it waits PAYSHIFT_PROCESSING_STUCK_SECONDS like any queued row), and a worker's claim
+    makes the second message a no-op. A relay that dies before or after publishing leaves `received` rows,
+    as before: the sweep publishes them."""
     ids = [int(i) for i in event_ids]
     if not ids:
         return "none"
     queue = _events_publish(ids)
-    now = timezone.now()
     if queue == "none":
         # Nothing took them: the rows stay `received` and the periodic sweep retries them.
         WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.RECEIVED).update(
-            last_error="no queue reachable at dispatch", updated_at=now)
+            last_error="no queue reachable at dispatch", updated_at=timezone.now())
         logger.error("webhooks not dispatched", extra={"event_ids": ids, "path": "ingest"})
         return queue
-    WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.RECEIVED).update(
-        status=EventStatus.QUEUED, updated_at=now)
     metrics.EVENTS_DISPATCHED.labels(queue).inc(len(ids))
     # One line per batch; each event's own line is "webhook received" (payment.services).
     logger.info("webhooks dispatched", extra={"event_ids": ids, "queue": queue, "path": "ingest"})

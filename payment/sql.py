@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import FullResultSet, ImproperlyConfigured
@@ -351,3 +351,94 @@ def first_statement(run: Callable[[], T], *, using: str = "default") -> T:
             raise
         connection.close()
         return run()
+
+
+def insert_values(model: type[models.Model], values: dict[str, Any], *, using: str | None = None) -> Any:
+    """INSERT one row of `model` from attribute values and return its primary key: insert_compiled without
+    building a model instance, for the webhook's INSERT (bench/FINDINGS.md).
+
+    `values` maps attribute names (`payment_id`, not `payment`) to Python values. A field not given takes its
+    default; an auto_now or auto_now_add field takes the current time (one timestamp for the row). Each value is
+    prepared as the ORM prepares it (`get_db_prep_save`), except that a str for a plain CharField or TextField,
+    and None for a nullable field, are passed as they are (what the ORM would hand to the driver too).
+    On PostgreSQL with psycopg 3 the values travel apart from the statement (server-side binding, as Django
+    does with OPTIONS["server_side_binding"]; no named prepared statement unless the database's OPTIONS ask for
+    one with prepare_threshold): nothing is quoted into the SQL text, the raw body included. The statement goes
+    through Django's cursor wrapper (its error translation: a unique violation is an IntegrityError; query
+    logging and CaptureQueriesContext see it). No validation is run; where the database cannot return the new
+    id, or a receiver listens to the model's save signals, it is a plain save() (which sends them)."""
+    using = using or router.db_for_write(model)
+    connection = connections[using]
+    unknown = set(values) - {f.attname for f in model._meta.concrete_fields}
+    if unknown:
+        raise TypeError(f"{model.__name__} has no field {sorted(unknown)}")
+    if not connection.features.can_return_columns_from_insert or save_signals_connected(model):
+        obj = model(**values)
+        obj.save(force_insert=True, using=using)
+        return obj.pk
+    statement, plan = _insert_plan(model, using)
+    now = None
+    params: list[Any] = []
+    for field, attname, kind in plan:
+        if kind == _AUTO_NOW:
+            if attname in values:
+                value = values[attname]
+            else:
+                if now is None:
+                    from django.utils import timezone  # noqa: PLC0415  (settings are needed: call time only)
+
+                    now = timezone.now()
+                value = now
+        else:
+            value = values[attname] if attname in values else field.get_default()
+            if (kind == _PLAIN_TEXT and type(value) is str) or (value is None and field.null):
+                params.append(value)
+                continue
+        params.append(field.get_db_prep_save(value, connection))
+    with _insert_cursor(connection) as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise DatabaseError(f"INSERT ... RETURNING gave no row for {model.__name__}")
+    return row[0]
+
+
+_GENERIC, _PLAIN_TEXT, _AUTO_NOW = 0, 1, 2
+
+
+InsertPlan: TypeAlias = "tuple[tuple[models.Field[Any, Any], str, int], ...]"
+
+
+@functools.cache
+def _insert_plan(model: type[models.Model], using: str) -> tuple[str, InsertPlan]:
+    statement, fields = _insert_statement(model, using)
+    plan = []
+    for field in fields:
+        if isinstance(field, models.DateTimeField | models.DateField) and (field.auto_now or field.auto_now_add):
+            kind = _AUTO_NOW
+        elif type(field) in (models.CharField, models.TextField):
+            kind = _PLAIN_TEXT
+        else:
+            kind = _GENERIC
+        plan.append((field, field.attname, kind))
+    return statement, tuple(plan)
+
+
+def _insert_cursor(connection: Any) -> Any:
+    """A cursor for insert_values: Django's own (connection.cursor()), but on psycopg 3 with server-side
+    binding. Opened as connection.cursor() opens one: the health check when due, then the connection."""
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # noqa: PLC0415  (PostgreSQL only)
+
+    if not is_psycopg3:
+        return connection.cursor()
+    import psycopg  # noqa: PLC0415
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        connection.validate_thread_sharing()
+        # Django's ServerBindingCursor is this class plus callproc(); a psycopg Cursor binds server-side.
+        raw = psycopg.Cursor(connection.connection)
+        return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)

@@ -87,10 +87,22 @@ def _loaded() -> dict[str, type[Gateway]]:
     return {name: cls for name, cls in _classes.items() if any(_in_package(cls, p) for p in packages)}
 
 
+# gateway_names() is asked twice per webhook (the metric label, the lookup): its answer is kept while what it
+# is computed from (the configured packages, the enabled list, the registered classes) is unchanged.
+_names_cache: list[tuple[object, list[str]]] = []
+
+
 def gateway_names() -> list[str]:
     """Enabled gateways, in a stable order."""
     enabled = app_settings.PAYSHIFT_ENABLED_GATEWAYS
-    return sorted(n for n in _loaded() if enabled is None or n in enabled)
+    packages = _packages()
+    key = (None if enabled is None else tuple(enabled), tuple(packages), tuple(_classes.items()))
+    if _names_cache and _names_cache[0][0] == key:
+        return list(_names_cache[0][1])
+    loaded = {name: cls for name, cls in _classes.items() if any(_in_package(cls, p) for p in packages)}
+    names = sorted(n for n in loaded if enabled is None or n in enabled)
+    _names_cache[:] = [(key, names)]
+    return list(names)
 
 
 def gateway_get(name: str) -> Gateway:

@@ -19,7 +19,8 @@ from django.utils import timezone
 from django_q.timeout import TimeoutHandler
 
 from payment import outbox, q_tasks, queueing, services, sql, tasks
-from payment.models import EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
+from payment.conf import app_settings
+from payment.models import EventKind, EventStatus, Notification, Payment, PaymentStatus, WebhookEvent
 
 from .conftest import paystack_charge, paystack_verify_answer, require_postgres, signed_post
 from .test_claims import _terminate_own_backend
@@ -74,11 +75,21 @@ def _post(client: Client, reference: str) -> int:
     return WebhookEvent.objects.get(reference=reference).pk
 
 
-def test_relay_thread_publishes_after_the_answer_and_marks_queued(client: Client,
-                                                                   broker: Broker) -> None:
+def _published(broker: Broker) -> list[int]:
+    sent: list[int] = []
+    for task_name, arg in list(broker.calls):
+        sent += arg if task_name == "process_payment_webhooks" else [arg]
+    return sent
+
+
+def test_relay_thread_publishes_after_the_answer_and_leaves_the_row_to_the_worker(client: Client,
+                                                                                  broker: Broker) -> None:
     event_id = _post(client, "OUT-1")
-    _wait(lambda: WebhookEvent.objects.get(pk=event_id).status == EventStatus.QUEUED)
-    assert broker.calls == [("process_payment_webhook", event_id)]
+    _wait(lambda: broker.calls == [("process_payment_webhook", event_id)])
+    _wait(lambda: outbox.relay.waiting() == 0)
+    time.sleep(0.1)
+    # No mark: the row stays `received` until a worker claims it (queueing.events_dispatch).
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.RECEIVED
 
 
 def test_a_burst_is_published_in_batches_each_event_once(client: Client, broker: Broker,
@@ -87,10 +98,9 @@ def test_a_burst_is_published_in_batches_each_event_once(client: Client, broker:
     broker.gate.clear()  # the broker is slow: the burst gathers behind it
     ids = [_post(client, f"OUT-B{i}") for i in range(10)]
     broker.gate.set()
-    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 10)
-    sent: list[int] = []
+    _wait(lambda: len(_published(broker)) == 10)
+    sent = _published(broker)
     for task_name, arg in broker.calls:
-        sent += arg if task_name == "process_payment_webhooks" else [arg]
         assert task_name == "process_payment_webhook" or len(arg) <= 4
     assert sorted(sent) == sorted(ids)  # every event in exactly one message
     assert len(broker.calls) < len(ids)
@@ -101,10 +111,10 @@ def test_a_quiet_stream_is_published_at_once_and_a_busy_one_gathers(client: Clie
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 2.0
     started = time.monotonic()
     first = _post(client, "OUT-L0")
-    _wait(lambda: WebhookEvent.objects.get(pk=first).status == EventStatus.QUEUED)
+    _wait(lambda: _published(broker) == [first])
     assert time.monotonic() - started < 1.5  # the relay was idle: no linger for a lone webhook
     ids = [_post(client, f"OUT-L{i}") for i in range(1, 5)]  # within a linger of that publish: busy
-    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 4)
+    _wait(lambda: len(_published(broker)) == 5)
     assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhooks", ids)]
 
 
@@ -113,10 +123,10 @@ def test_a_full_batch_is_published_without_waiting_out_the_linger(client: Client
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 60.0
     settings.PAYSHIFT_OUTBOX_BATCH_SIZE = 3
     first = _post(client, "OUT-F0")  # an idle relay publishes it at once; what follows is "busy"
-    _wait(lambda: WebhookEvent.objects.get(pk=first).status == EventStatus.QUEUED)
+    _wait(lambda: _published(broker) == [first])
     started = time.monotonic()
     ids = [_post(client, f"OUT-F{i}") for i in range(1, 4)]
-    _wait(lambda: WebhookEvent.objects.filter(pk__in=ids, status=EventStatus.QUEUED).count() == 3)
+    _wait(lambda: len(_published(broker)) == 4)
     assert time.monotonic() - started < 30
     assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhooks", ids)]
 
@@ -149,6 +159,96 @@ def test_events_a_dead_relay_held_are_published_by_the_sweep(client: Client, set
     assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.QUEUED
 
 
+def test_relay_publish_costs_no_statement(client: Client) -> None:
+    with mock.patch.object(outbox.relay, "submit"):
+        ids = [_post(client, f"OUT-NS{i}") for i in range(3)]
+    with mock.patch("payment.queueing._celery_publish", return_value=True), \
+            CaptureQueriesContext(connection) as queries:
+        assert queueing.events_dispatch(ids) == "celery"
+    assert queries.captured_queries == []  # no mark: the row is the worker's to move on
+    assert set(WebhookEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {EventStatus.RECEIVED}
+
+
+def _sweep(publish_ok: bool = True) -> tuple[int, list[Any]]:
+    with mock.patch("payment.queueing._celery_publish", return_value=publish_ok) as publish:
+        counts = services.pending_payments_check(time_budget_seconds=5)
+    return counts["swept"], publish.call_args_list
+
+
+def _age(event_id: int, seconds: float) -> None:
+    WebhookEvent.objects.filter(pk=event_id).update(updated_at=timezone.now() - timedelta(seconds=seconds))
+
+
+def test_published_event_is_not_swept_before_the_sweep_delay(client: Client, settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_RELAY = "inline"
+    with mock.patch("payment.queueing._celery_publish", return_value=True):
+        event_id = _post(client, "OUT-YOUNG")  # published, waiting in the broker
+    _age(event_id, app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS - 5)
+    assert _sweep() == (0, [])
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.RECEIVED
+
+
+def test_a_published_event_the_broker_lost_is_swept_after_the_sweep_delay(client: Client, settings: Any) -> None:
+    # Published, then lost before any worker took it (Redis restarted empty, a consumer's crash): the row is
+    # `received` and the sweep publishes it after PAYSHIFT_SWEEP_AFTER_SECONDS (it used to be marked `queued`
+    # and wait PAYSHIFT_PROCESSING_STUCK_SECONDS).
+    settings.PAYSHIFT_OUTBOX_RELAY = "inline"
+    with mock.patch("payment.queueing._celery_publish", return_value=True):
+        event_id = _post(client, "OUT-LOST")
+    _age(event_id, app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS + 1)
+    assert _sweep() == (1, [mock.call("process_payment_webhook", event_id)])
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.QUEUED
+
+
+@respx.mock
+def test_a_backlog_older_than_the_sweep_delay_is_published_once_more_and_processed_once(
+        client: Client, settings: Any) -> None:
+    # The relay's message still waits in a broker's backlog when the sweep runs: the sweep cannot tell it from
+    # a lost hand-off, publishes it once more and marks it `queued`; the next sweeps leave it alone, and
+    # whichever message a worker takes second finds nothing to claim.
+    settings.PAYSHIFT_OUTBOX_RELAY = "inline"
+    make_payment("OUT-BACKLOG")
+    verify_route("OUT-BACKLOG", paystack_verify_answer("OUT-BACKLOG"))
+    with mock.patch("payment.queueing._celery_publish", return_value=True):
+        event_id = _post(client, "OUT-BACKLOG")
+    _age(event_id, app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS + 1)
+    assert _sweep() == (1, [mock.call("process_payment_webhook", event_id)])
+    # A minute later, still in the backlog: `queued` now waits for the stuck delay.
+    _age(event_id, app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS + 1)
+    assert _sweep() == (0, [])
+    # The two messages reach the workers: one processes, the other is a no-op.
+    results = [tasks.process_payment_webhook.apply(args=[event_id]).get() for _ in range(2)]
+    assert results[0] == EventStatus.PROCESSED
+    assert Payment.objects.get(reference="OUT-BACKLOG").status == PaymentStatus.SUCCESS
+    assert Payment.objects.get(reference="OUT-BACKLOG").transitions.count() == 1
+    assert Notification.objects.filter(payment__reference="OUT-BACKLOG").count() == 1
+
+
+@respx.mock
+def test_an_event_claimed_in_time_is_never_swept(client: Client, settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_RELAY = "inline"
+    make_payment("OUT-TAKEN")
+    verify_route("OUT-TAKEN", paystack_verify_answer("OUT-TAKEN"))
+    with mock.patch("payment.queueing._celery_publish", return_value=True):
+        event_id = _post(client, "OUT-TAKEN")
+    assert tasks.process_payment_webhook.apply(args=[event_id]).get() == EventStatus.PROCESSED
+    _age(event_id, 3600)
+    assert _sweep() == (0, [])
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.PROCESSED
+
+
+def test_relay_killed_after_publishing_leaves_a_row_the_sweep_still_takes(client: Client,
+                                                                        broker: Broker) -> None:
+    # The process dies right after the broker took the batch: nothing else was to be written, so the row is
+    # as a lost hand-off leaves it, and the sweep's rule is the same.
+    event_id = _post(client, "OUT-KILLED")
+    _wait(lambda: _published(broker) == [event_id])
+    outbox.relay.stop()
+    assert WebhookEvent.objects.get(pk=event_id).status == EventStatus.RECEIVED
+    _age(event_id, app_settings.PAYSHIFT_SWEEP_AFTER_SECONDS + 1)
+    assert _sweep() == (1, [mock.call("process_payment_webhook", event_id)])
+
+
 def test_relay_memory_is_bounded_and_the_rest_waits_for_the_sweep(broker: Broker) -> None:
     broker.gate.clear()
     with mock.patch.object(outbox, "MAX_WAITING", 3):
@@ -162,7 +262,7 @@ def test_relay_memory_is_bounded_and_the_rest_waits_for_the_sweep(broker: Broker
     assert broker.calls[1] == ("process_payment_webhooks", [10_002, 10_003, 10_004])
 
 
-def test_broker_down_the_batch_goes_to_django_q_as_one_task_and_is_marked_queued(client: Client) -> None:
+def test_broker_down_the_batch_goes_to_django_q_as_one_task(client: Client) -> None:
     ids = []
     with mock.patch.object(outbox.relay, "submit"):
         ids = [_post(client, f"OUT-Q{i}") for i in range(3)]
@@ -172,7 +272,7 @@ def test_broker_down_the_batch_goes_to_django_q_as_one_task_and_is_marked_queued
         assert queueing.events_dispatch(ids[:1]) == "django_q"
     assert [c.args[:2] for c in enqueue.call_args_list] == [
         ("payment.q_tasks.process_payment_webhooks_q", ids), ("payment.q_tasks.process_payment_webhook_q", ids[0])]
-    assert set(WebhookEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {EventStatus.QUEUED}
+    assert set(WebhookEvent.objects.filter(pk__in=ids).values_list("status", flat=True)) == {EventStatus.RECEIVED}
 
 
 @respx.mock
@@ -236,7 +336,7 @@ def test_no_queue_reachable_leaves_the_events_received_for_the_sweep(client: Cli
     assert {(r.status, r.last_error) for r in rows} == {(EventStatus.RECEIVED, "no queue reachable at dispatch")}
 
 
-def test_mark_never_moves_an_event_a_worker_claimed_first(client: Client) -> None:
+def test_dispatch_never_moves_an_event_a_worker_claimed_first(client: Client) -> None:
     with mock.patch.object(outbox.relay, "submit"):
         event_id = _post(client, "OUT-RACE")
 
@@ -335,6 +435,49 @@ def test_fast_insert_stores_what_the_orm_would(client: Client) -> None:
     stored_fast, stored_orm = (WebhookEvent.objects.filter(pk=e.pk).values(*columns).get() for e in (fast, orm))
     assert stored_fast == stored_orm
     assert fast.pk and fast.received_at and fast.updated_at and not fast._state.adding
+
+
+def test_insert_values_stores_what_the_orm_would(client: Client) -> None:
+    """On the suite's database, SQLite or PostgreSQL (there with server-side binding)."""
+    fields = dict(gateway="paystack", event="charge.success", kind=EventKind.CHARGE, body=b"\x00raw\xff'\\",
+                  headers={"a": "b", "quote": "it's"}, source_ip="10.1.2.3", dedupe_key="k1", reference="R'; --",
+                  gateway_transaction_id="7", mode="test", status=EventStatus.RECEIVED)
+    with CaptureQueriesContext(connection) as queries:
+        pk = sql.insert_values(WebhookEvent, fields)
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT"]
+    orm = WebhookEvent(**{**fields, "dedupe_key": "k2"})
+    orm.save(force_insert=True)
+    skip = {"id", "dedupe_key", "received_at", "updated_at"}
+    columns = [f.attname for f in WebhookEvent._meta.concrete_fields if f.attname not in skip]
+    stored, stored_orm = (WebhookEvent.objects.filter(pk=p).values(*columns).get() for p in (pk, orm.pk))
+    assert stored == stored_orm
+    row = WebhookEvent.objects.get(pk=pk)
+    # auto_now_add and auto_now: one timestamp for the new row; defaults for what was not given.
+    assert row.received_at == row.updated_at and abs((timezone.now() - row.received_at).total_seconds()) < 60
+    assert (row.attempts, row.claim_token, row.payment_id, row.processed_at) == (0, "", None, None)
+
+
+def test_insert_values_duplicate_is_an_integrity_error_and_a_bad_name_a_type_error(client: Client) -> None:
+    from django.db import IntegrityError
+
+    values = dict(gateway="paystack", event="charge.success", dedupe_key="dup", body=b"x")
+    sql.insert_values(WebhookEvent, values)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        sql.insert_values(WebhookEvent, values)
+    with pytest.raises(TypeError, match="payment"):
+        sql.insert_values(WebhookEvent, {**values, "dedupe_key": "other", "payment": None})
+    assert WebhookEvent.objects.filter(dedupe_key="dup").count() == 1
+
+
+def test_insert_values_binds_on_the_server_on_postgres(client: Client) -> None:
+    require_postgres()
+    with CaptureQueriesContext(connection) as queries:
+        sql.insert_values(WebhookEvent, dict(gateway="paystack", event="charge.success", dedupe_key="srv",
+                                             body=b"raw-body-bytes"))
+    (query,) = queries.captured_queries
+    # Django logs the statement psycopg sent: with its placeholders, the body was not quoted into the SQL.
+    assert "$1" in query["sql"] and "raw-body-bytes" not in query["sql"] and "72617" not in query["sql"]
+    assert bytes(WebhookEvent.objects.get(dedupe_key="srv").body) == b"raw-body-bytes"
 
 
 def test_webhook_costs_one_statement_and_no_health_check_query(client: Client, broker: Broker) -> None:

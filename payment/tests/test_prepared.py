@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, connections, models, transacti
 from django.db.models import F, OuterRef, Subquery
 from django.db.models.signals import post_save
 from django.db.transaction import TransactionManagementError
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -32,7 +33,7 @@ from payment.models import (
 from payment.services.state import payment_lock
 from payment.sql import Prepared, Together, update_returning_supported
 
-from .conftest import require_postgres
+from .conftest import paystack_charge, require_postgres, signed_post
 from .test_processing import make_payment
 
 pytestmark = pytest.mark.django_db
@@ -161,23 +162,26 @@ def test_payment_lock_reads_the_row_in_a_transaction_and_refuses_to_run_outside_
             payment_lock(-1)
 
 
-def test_a_transition_still_sends_the_hosts_save_signals_when_it_listens() -> None:
+def test_the_hot_paths_still_send_the_hosts_save_signals_when_it_listens(client: Client) -> None:
     payment = make_payment("PR-SIG")
     saved: list[tuple[type[models.Model], bool]] = []
 
     def receiver(sender: type[models.Model], instance: models.Model, created: bool, **kwargs: Any) -> None:
         saved.append((sender, created))
 
-    for model in (Payment, PaymentTransition, Notification):
+    models_ = (Payment, PaymentTransition, Notification, WebhookEvent)
+    for model in models_:
         post_save.connect(receiver, sender=model)
     try:
         with transaction.atomic():
             transition = services.payment_transition(payment, PaymentStatus.SUCCESS, source="webhook")
+        with mock.patch("payment.queueing.event_dispatch"):  # the webhook's INSERT, not its hand-off
+            assert signed_post(client, "paystack", paystack_charge("PR-SIG")).status_code == 200
     finally:
-        for model in (Payment, PaymentTransition, Notification):
+        for model in models_:
             post_save.disconnect(receiver, sender=model)
     assert transition is not None
-    assert saved == [(Payment, False), (PaymentTransition, True), (Notification, True)]
+    assert saved == [(Payment, False), (PaymentTransition, True), (Notification, True), (WebhookEvent, True)]
     assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCESS
 
 
