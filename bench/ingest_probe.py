@@ -14,21 +14,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
-import shutil
-import signal
-import tempfile
 import time
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bench.stack import Ports, Stack, cpu_seconds, machine_busy_seconds
-
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+from bench.stack import cpu_seconds, machine_busy_seconds, probe_stack
 
 
 def _environ(path: str, header: str, value: str, body: bytes) -> dict[str, Any]:
@@ -146,25 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-port", type=int, default=18479,
                         help="ports as the bench uses them; the probe starts only Redis (the base port)")
     args = parser.parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="payshift-ingest-probe-"))
-    base = args.base_port
-    name = f"payshift_ingest_probe_{base}"
-    stack = Stack(workdir=scratch, ports=Ports(redis=base, web=base + 1, peer=base + 2, sandbox=base + 3),
-                  db_name=name, peer_db_name=name)
-    os.environ.update(stack.env)
-    signal.signal(signal.SIGTERM, _interrupted)
     try:
-        stack.create_databases()
-        stack.migrate()
-        stack.start_redis()
-        _probe(args.count, args.warmup, args.rounds, args.profile, name)
+        with probe_stack(args.base_port, "ingest-probe") as stack:
+            stack.start_redis()
+            _probe(args.count, args.warmup, args.rounds, args.profile, stack.db_name)
         return 0
     except KeyboardInterrupt:
         return 130
-    finally:
-        stack.close()
-        stack.drop_databases()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,15 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -309,3 +313,30 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    # Turn SIGTERM into the same unwinding as Ctrl-C, so `finally` stops every process we started.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def probe_stack(base_port: int, name: str) -> Iterator[Stack]:
+    """A scratch stack for a one-process probe (bench/worker_probe.py, bench/ingest_probe.py): its own migrated
+    database `payshift_<name>_<port>`, the bench's ports from `base_port`, this process's environment pointed at
+    them and SIGTERM turned into KeyboardInterrupt; the caller starts the processes it needs. Everything is
+    stopped and dropped on the way out."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"payshift-{name}-"))
+    db_name = f"payshift_{name.replace('-', '_')}_{base_port}"
+    stack = Stack(workdir=scratch, ports=Ports(redis=base_port, web=base_port + 1, peer=base_port + 2,
+                                               sandbox=base_port + 3), db_name=db_name, peer_db_name=db_name)
+    os.environ.update(stack.env)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        stack.create_databases()
+        stack.migrate()
+        yield stack
+    finally:
+        stack.close()
+        stack.drop_databases()
+        shutil.rmtree(scratch, ignore_errors=True)

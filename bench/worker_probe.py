@@ -13,25 +13,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
 import re
-import shutil
-import signal
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from types import FrameType
 from unittest import mock
 
-from bench.stack import Ports, Stack, cpu_seconds
+from bench.stack import cpu_seconds, probe_stack
 
 _WRITE = re.compile(r"^\s*(UPDATE|INSERT|DELETE|WITH)\b", re.IGNORECASE)  # WITH: a data-modifying CTE
-
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def statement_kinds(sqls: list[str]) -> tuple[int, int, Counter[str]]:
@@ -147,26 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-port", type=int, default=18479,
                         help="ports as the bench uses them; the probe starts only the sandbox (base + 3)")
     args = parser.parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="payshift-probe-"))
-    base = args.base_port
-    name = f"payshift_probe_{base}"
-    stack = Stack(workdir=scratch, ports=Ports(redis=base, web=base + 1, peer=base + 2, sandbox=base + 3),
-                  db_name=name, peer_db_name=name)
-    os.environ.update(stack.env)
-    signal.signal(signal.SIGTERM, _interrupted)
     try:
-        stack.create_databases()
-        stack.migrate()
-        stack.start_sandbox()
-        _probe(args.count, args.warmup, args.profile, stack.pids("sandbox"), stack.topology.sandbox_url,
-               profile_out=args.profile_out)
+        with probe_stack(args.base_port, "probe") as stack:
+            stack.start_sandbox()
+            _probe(args.count, args.warmup, args.profile, stack.pids("sandbox"), stack.topology.sandbox_url,
+                   profile_out=args.profile_out)
         return 0
     except KeyboardInterrupt:
         return 130
-    finally:
-        stack.close()
-        stack.drop_databases()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
