@@ -38,7 +38,7 @@ def process_payment_webhook_q(event_id: int, attempt: int = 0, retake: str = "",
     except DB_ERRORS as exc:
         return _database_retry(event_id, attempt=attempt, retake=claim, db_attempt=db_attempt, error=exc)
     except TransientGatewayError as exc:
-        decision = retries.django_q_gateway_retry(attempt)
+        decision = retries.django_q_gateway_retry(attempt, exc.retry_after)
         if decision.action == "give_up":
             services.event_mark_dead(event_id, f"retries exhausted (celery and django q): {exc}")
             return "dead"

@@ -33,27 +33,43 @@ def database_retry(db_attempt: int) -> Decision:
     return Decision("retry", backoff_seconds(min(db_attempt, 5), base_seconds=1.0, max_seconds=30.0))
 
 
-def celery_gateway_retry(attempt: int) -> Decision:
-    """A transient gateway error in Celery: retry with backoff, then hand the event to Django Q's longer one."""
+def celery_gateway_retry(attempt: int, retry_after: float | None = None) -> Decision:
+    """A transient gateway error in Celery: retry with backoff, then hand the event to Django Q's longer one.
+    `retry_after`: what the gateway asked for (a 429's Retry-After); each delay is at least that, within the
+    schedule's own maximum."""
     if attempt >= app_settings.PAYSHIFT_CELERY_MAX_RETRIES:
-        return Decision("hand_over", _django_q_delay(0))
-    return Decision("retry", backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
-                                             max_seconds=app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS))
+        return Decision("hand_over", _django_q_delay(0, retry_after))
+    return Decision("retry", _celery_delay(attempt, retry_after))
 
 
-def django_q_gateway_retry(attempt: int) -> Decision:
+def django_q_gateway_retry(attempt: int, retry_after: float | None = None) -> Decision:
     """A transient gateway error in Django Q: retry on its long schedule, then the event goes `dead`."""
     if attempt >= app_settings.PAYSHIFT_Q_MAX_RETRIES:
         return Decision("give_up")
-    return Decision("retry", _django_q_delay(attempt))
+    return Decision("retry", _django_q_delay(attempt, retry_after))
 
 
-def refund_retry_delay(attempt: int) -> float:
+def refund_retry_delay(attempt: int, retry_after: float | None = None) -> float:
     """A refund POST the gateway certainly did not receive (refused connection, 429) is sent again after this."""
-    return backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
-                           max_seconds=app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
+    return _celery_delay(attempt, retry_after)
 
 
-def _django_q_delay(attempt: int) -> float:
-    return backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
-                           max_seconds=app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
+def _celery_delay(attempt: int, retry_after: float | None) -> float:
+    return _not_before(backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS,
+                                       max_seconds=app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS),
+                       retry_after, app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS)
+
+
+def _django_q_delay(attempt: int, retry_after: float | None = None) -> float:
+    return _not_before(backoff_seconds(attempt, base_seconds=app_settings.PAYSHIFT_Q_RETRY_BASE_SECONDS,
+                                       max_seconds=app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS),
+                       retry_after, app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS)
+
+
+def _not_before(delay: float, retry_after: float | None, longest: float) -> float:
+    """The backoff's delay, or the gateway's Retry-After when that is later: a retry sooner than the gateway
+    asked would only meet another 429. Never past the schedule's own maximum (an answer asking for an hour
+    does not park an event for an hour)."""
+    if retry_after is None or retry_after <= delay:
+        return delay
+    return max(delay, min(float(retry_after), float(longest)))

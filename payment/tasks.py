@@ -81,7 +81,7 @@ def _webhook_attempt(event_id: int, *, retake: str, retries_done: int,
             raise
         again({"retake": claim}, decision.delay, exc)
     except TransientGatewayError as exc:
-        decision = retries.celery_gateway_retry(retries_done)
+        decision = retries.celery_gateway_retry(retries_done, exc.retry_after)
         services.event_schedule_retry(event_id, timezone.now() + timedelta(seconds=decision.delay))
         if decision.action == "hand_over":
             if not queueing.event_hand_to_django_q(event_id, attempt=1, delay_seconds=decision.delay):
@@ -113,4 +113,4 @@ def process_refund_task(self: Task[Any, Any], refund_id: int) -> str:
         return services.refund_submit(refund_id)
     except TransientGatewayError as exc:
         # Only raised when the gateway certainly did not act (see refund_submit): safe to re-send.
-        raise self.retry(exc=exc, countdown=retries.refund_retry_delay(self.request.retries)) from exc
+        raise self.retry(exc=exc, countdown=retries.refund_retry_delay(self.request.retries, exc.retry_after)) from exc

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -255,6 +256,10 @@ def as_id(value: object, limit: int = 100) -> str:
 # transient error that the caller's retry schedule takes over; and how often a 429 is re-sent in place.
 RATE_LIMIT_MAX_WAIT_SECONDS = 10.0
 RATE_LIMITED_TRIES = 3
+
+# Guards the creation of each gateway instance's HTTP client (Gateway._client).
+_CLIENT_LOCK = threading.Lock()
+
 # A 429 holds this process's calls to that gateway back for its Retry-After, but never longer than this: one
 # answer asking for an hour must not stop every verification of the process for an hour (the next call past
 # this bound learns the gateway's current answer).
@@ -435,18 +440,23 @@ class Gateway(ABC):
         raise NotImplementedError
 
     def _client(self) -> httpx.Client:
-        # One client per gateway instance (connection pooling); explicit timeouts, never the default.
+        # One client per gateway instance (connection pooling); explicit timeouts, never the default. Created
+        # under a lock: the reconciliation's threads start together, and each would otherwise make its own.
         client: httpx.Client | None = getattr(self, "_http", None)
-        if client is None:
-            timeout = httpx.Timeout(
-                app_settings.PAYSHIFT_HTTP_READ_TIMEOUT, connect=app_settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT
-            )
-            client = httpx.Client(
-                base_url=self.base_url(),
-                timeout=timeout,
-                headers={"User-Agent": "payshift/0.1"},
-            )
-            self._http = client
+        if client is not None:
+            return client
+        with _CLIENT_LOCK:
+            client = getattr(self, "_http", None)
+            if client is None:
+                timeout = httpx.Timeout(
+                    app_settings.PAYSHIFT_HTTP_READ_TIMEOUT, connect=app_settings.PAYSHIFT_HTTP_CONNECT_TIMEOUT
+                )
+                client = httpx.Client(
+                    base_url=self.base_url(),
+                    timeout=timeout,
+                    headers={"User-Agent": "payshift/0.1"},
+                )
+                self._http = client
         return client
 
     def api_request(self, method: str, path: str, endpoint: str, *,

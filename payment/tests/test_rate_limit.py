@@ -226,3 +226,56 @@ def test_a_very_long_retry_after_holds_the_process_back_a_bounded_time(settings:
     # The next call of this process is due within the hold's bound, not in an hour.
     due_in = limiter._due - time.monotonic()
     assert base.RETRY_AFTER_HOLD_MAX_SECONDS - 5 < due_in <= base.RETRY_AFTER_HOLD_MAX_SECONDS + 1
+
+
+# --- the queues' retries wait at least what a 429 asked -------------------------------------------------------
+def test_each_retry_schedule_waits_at_least_the_gateways_retry_after_within_its_own_maximum() -> None:
+    from payment import retries
+
+    celery_max, q_max = app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS, app_settings.PAYSHIFT_Q_RETRY_MAX_SECONDS
+    for _ in range(20):  # the backoff's jitter: every draw
+        assert 120 <= retries.celery_gateway_retry(0, retry_after=120).delay <= celery_max
+        assert retries.celery_gateway_retry(0, retry_after=10_000).delay <= celery_max  # an hour asked: capped
+        assert retries.celery_gateway_retry(0).delay <= app_settings.PAYSHIFT_CELERY_RETRY_BASE_SECONDS
+        assert 90 <= retries.refund_retry_delay(0, retry_after=90) <= celery_max
+        assert 600 <= retries.django_q_gateway_retry(0, retry_after=600).delay <= q_max
+        handed = retries.celery_gateway_retry(app_settings.PAYSHIFT_CELERY_MAX_RETRIES, retry_after=900)
+        assert handed.action == "hand_over" and 900 <= handed.delay <= q_max
+
+
+def test_a_celery_retry_after_a_429_is_scheduled_no_sooner_than_it_asked() -> None:
+    from unittest import mock
+
+    from payment import services, tasks
+
+    countdowns: list[float] = []
+
+    def again(kwargs: dict[str, Any], countdown: float, exc: Exception) -> Any:
+        countdowns.append(countdown)
+        raise RuntimeError("retried")
+
+    limited = TransientGatewayError("paystack verify: HTTP 429", request_sent=False, http_status=429,
+                                    retry_after=45.0)
+    with mock.patch.object(services, "webhook_event_process", side_effect=limited), \
+            mock.patch.object(services, "event_schedule_retry"), pytest.raises(RuntimeError, match="retried"):
+        tasks._webhook_attempt(1, retake="", retries_done=0, again=again)
+    assert len(countdowns) == 1 and 45.0 <= countdowns[0] <= app_settings.PAYSHIFT_CELERY_RETRY_MAX_SECONDS
+
+
+def test_threads_that_start_together_share_one_http_client() -> None:
+    from unittest import mock
+
+    gateway = type(gateway_get("paystack"))()  # a fresh instance: no client yet
+    real = httpx.Client
+    made: list[httpx.Client] = []
+
+    def slow_client(*args: Any, **kwargs: Any) -> httpx.Client:
+        time.sleep(0.05)  # widen the window in which a second thread would make its own
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    with mock.patch("payment.gateways.base.httpx.Client", side_effect=slow_client), \
+            ThreadPoolExecutor(max_workers=8) as pool:
+        clients = list(pool.map(lambda _: gateway._client(), range(8)))
+    assert len(made) == 1 and all(c is made[0] for c in clients)
+    made[0].close()
