@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import pstats
 import time
+from pathlib import Path
 from typing import Any
 
-from bench.stack import cpu_seconds, machine_busy_seconds, probe_stack
+from bench.stack import cpu_seconds, machine_busy_seconds, probe_stack, profile_print
 
 
 def _environ(path: str, header: str, value: str, body: bytes) -> dict[str, Any]:
@@ -32,7 +32,8 @@ def _environ(path: str, header: str, value: str, body: bytes) -> dict[str, Any]:
     }
 
 
-def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) -> None:
+def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str, *,
+           profile_out: Path | None = None) -> None:
     import django
 
     django.setup()
@@ -120,11 +121,7 @@ def _probe(count: int, warmup: int, rounds: int, profile: bool, db_name: str) ->
         print(f"[ingest-probe] payshift / minimal, process + PostgreSQL CPU, per round: median "
               f"{ratios[len(ratios) // 2]:.2f} x (min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
     if profiler is not None:
-        out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("cumulative").print_stats(50)
-        stats.sort_stats("tottime").print_stats(30)
-        print(out.getvalue())
+        profile_print(profiler, label="ingest-probe", save_to=profile_out, top=50)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--warmup", type=int, default=200, help="requests per target not counted (default 200)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (CPU time)")
+    parser.add_argument("--profile-out", type=Path, default=None,
+                        help="with --profile, also write cProfile's stats to this file (for pstats or snakeviz)")
     parser.add_argument("--base-port", type=int, default=18479,
                         help="ports as the bench uses them; the probe starts only Redis (the base port)")
     args = parser.parse_args(argv)
     try:
         with probe_stack(args.base_port, "ingest-probe") as stack:
             stack.start_redis()
-            _probe(args.count, args.warmup, args.rounds, args.profile, stack.db_name)
+            _probe(args.count, args.warmup, args.rounds, args.profile, stack.db_name, profile_out=args.profile_out)
         return 0
     except KeyboardInterrupt:
         return 130

@@ -340,3 +340,19 @@ def probe_stack(base_port: int, name: str) -> Iterator[Stack]:
         stack.close()
         stack.drop_databases()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def profile_print(profiler: Any, *, label: str, save_to: Path | None = None, top: int = 45) -> None:
+    """A probe's cProfile, as both probes print it: the top functions by cumulative and by own CPU time;
+    with `save_to`, the raw stats too (for `python -m pstats FILE` or snakeviz)."""
+    import io
+    import pstats
+
+    if save_to is not None:
+        profiler.dump_stats(save_to)
+        print(f"[{label}] profile written to {save_to} (python -m pstats {save_to})")
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top * 3 // 5)
+    print(out.getvalue())

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
-import pstats
 import re
 import time
 from collections import Counter
 from pathlib import Path
 from unittest import mock
 
-from bench.stack import cpu_seconds, probe_stack
+from bench.stack import cpu_seconds, probe_stack, profile_print
 
 _WRITE = re.compile(r"^\s*(UPDATE|INSERT|DELETE|WITH)\b", re.IGNORECASE)  # WITH: a data-modifying CTE
 
@@ -117,15 +115,8 @@ def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sand
           f"sandbox {sandbox_cpu * 1000 / n:.2f} ms, total {(cpu + pg_cpu + sandbox_cpu) * 1000 / n:.2f} ms")
     print(f"[probe] per event: {statements / n:.2f} SQL statements, {commits / n:.2f} commits; by kind: "
           + ", ".join(f"{word} {v / n:.2f}" for word, v in kinds.most_common()))
-    if profiler is not None and profile_out is not None:
-        profiler.dump_stats(profile_out)
-        print(f"[probe] profile written to {profile_out} (python -m pstats {profile_out})")
     if profiler is not None:
-        out = io.StringIO()
-        stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("cumulative").print_stats(45)
-        stats.sort_stats("tottime").print_stats(25)
-        print(out.getvalue())
+        profile_print(profiler, label="probe", save_to=profile_out, top=45)
 
 
 def main(argv: list[str] | None = None) -> int:
