@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar
 from django.conf import settings
 from django.core.exceptions import FullResultSet, ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, router, transaction
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import AutoField, signals
 from django.db.models.sql import InsertQuery, UpdateQuery
 
@@ -90,7 +91,7 @@ class Prepared(Generic[M]):
     def rows(self, values: Mapping[str, Any], *, using: str | None = None) -> list[M]:
         """The model instances the queryset selects (kind "rows") or the UPDATE changed ("update_returning")."""
         connection, compiled, params = self._bind(using, values)
-        with connection.cursor() as cursor:
+        with bound_cursor(connection) as cursor:
             cursor.execute(compiled.sql, params)
             fetched = cursor.fetchall()
         assert compiled.reader is not None
@@ -109,7 +110,7 @@ class Prepared(Generic[M]):
     def update(self, values: Mapping[str, Any], *, using: str | None = None) -> int:
         """Run the UPDATE; the number of rows it changed."""
         connection, compiled, params = self._bind(using, values)
-        with connection.cursor() as cursor:
+        with bound_cursor(connection) as cursor:
             cursor.execute(compiled.sql, params)
             return int(cursor.rowcount)
 
@@ -239,7 +240,7 @@ class Together:
             return
         _, one, one_params = self.first._bind(using, first)
         _, two, two_params = self.second._bind(using, second)
-        with connection.cursor() as cursor:
+        with bound_cursor(connection) as cursor:
             cursor.execute(f"WITH first_update AS ({one.sql}) {two.sql}", [*one_params, *two_params])
 
 
@@ -304,7 +305,7 @@ def insert_compiled(obj: models.Model) -> None:
         return
     statement, fields = _insert_statement(model, using)
     params = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
-    with connection.cursor() as cursor:
+    with bound_cursor(connection) as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is None:
@@ -395,7 +396,7 @@ def insert_values(model: type[models.Model], values: dict[str, Any], *, using: s
                 params.append(value)
                 continue
         params.append(field.get_db_prep_save(value, connection))
-    with _insert_cursor(connection) as cursor:
+    with bound_cursor(connection) as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is None:
@@ -424,9 +425,12 @@ def _insert_plan(model: type[models.Model], using: str) -> tuple[str, InsertPlan
     return statement, tuple(plan)
 
 
-def _insert_cursor(connection: Any) -> Any:
-    """A cursor for insert_values: Django's own (connection.cursor()), but on psycopg 3 with server-side
-    binding. Opened as connection.cursor() opens one: the health check when due, then the connection."""
+def bound_cursor(connection: Any) -> Any:
+    """The cursor of every statement this module runs: Django's own (connection.cursor()), but on psycopg 3
+    with server-side binding. Opened as connection.cursor() opens one: the health check when due, then the
+    connection. Where the database's OPTIONS set prepare_threshold (Payshift's own settings do), psycopg sends
+    a statement as a named prepared statement from that run on, so PostgreSQL parses and plans each of these
+    statements once per connection; Django's own queries bind on the client and are never prepared."""
     if connection.vendor != "postgresql":
         return connection.cursor()
     from django.db.backends.postgresql.psycopg_any import is_psycopg3  # noqa: PLC0415  (PostgreSQL only)
@@ -441,4 +445,23 @@ def _insert_cursor(connection: Any) -> Any:
         connection.validate_thread_sharing()
         # Django's ServerBindingCursor is this class plus callproc(); a psycopg Cursor binds server-side.
         raw = psycopg.Cursor(connection.connection)
-        return connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+        return _BoundDebugCursor(raw, connection) if connection.queries_logged else connection.make_cursor(raw)
+
+
+class _BoundDebugCursor(CursorDebugWrapper):
+    """Django's query-logging cursor (DEBUG, CaptureQueriesContext) for bound_cursor: it logs the statement with
+    its values composed as Django does for its own server-side binding. Django asks psycopg for the last query
+    instead, which a prepared statement leaves empty."""
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        with self.debug_sql(_composed(self.db, sql, params), params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+def _composed(connection: Any, sql: Any, params: Any) -> str:
+    import psycopg  # noqa: PLC0415  (PostgreSQL only)
+
+    try:
+        return str(connection.ops.compose_sql(sql, params))
+    except psycopg.Error:  # a value psycopg cannot quote client-side: the statement as sent, without values
+        return sql

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from payment.conf import setting_default
 
@@ -99,6 +100,16 @@ def sqlite_options() -> dict[str, Any]:
     }
 
 
+def prepare_threshold(text: str) -> int | None:
+    """DATABASE_PREPARE_THRESHOLD: the run from which a compiled statement is prepared, or "off" (None)."""
+    if text.strip().lower() in ("off", "none", "false", ""):
+        return None
+    value = int(text)
+    if value < 1:
+        raise ImproperlyConfigured("DATABASE_PREPARE_THRESHOLD is a run count from 1, or off")
+    return value
+
+
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = sqlite_options()
 else:
@@ -106,6 +117,13 @@ else:
     # After a database restart a pooled connection is dead; check it before use instead of answering 503.
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
+    # Payshift's compiled hot-path statements (payment/sql.py) bind on the server; from their Nth run on a
+    # connection psycopg sends them as named prepared statements, which PostgreSQL parses and plans once:
+    # about 40 % of its CPU per settled payment (bench/FINDINGS.md). Django's own queries bind on the client
+    # and are never prepared. "off" behind a pooler that cannot keep prepared statements (PgBouncer in
+    # transaction mode before 1.21, or without max_prepared_statements).
+    _db["OPTIONS"].setdefault("prepare_threshold",
+                              prepare_threshold(env.str("DATABASE_PREPARE_THRESHOLD", default="5")))
 # The webhook view manages its own transactions; ATOMIC_REQUESTS would hold a transaction open while
 # the broker is contacted.
 _db["ATOMIC_REQUESTS"] = False

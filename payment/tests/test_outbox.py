@@ -471,13 +471,24 @@ def test_insert_values_duplicate_is_an_integrity_error_and_a_bad_name_a_type_err
 
 def test_insert_values_binds_on_the_server_on_postgres(client: Client) -> None:
     require_postgres()
-    with CaptureQueriesContext(connection) as queries:
-        sql.insert_values(WebhookEvent, dict(gateway="paystack", event="charge.success", dedupe_key="srv",
-                                             body=b"raw-body-bytes"))
-    (query,) = queries.captured_queries
-    # Django logs the statement psycopg sent: with its placeholders, the body was not quoted into the SQL.
-    assert "$1" in query["sql"] and "raw-body-bytes" not in query["sql"] and "72617" not in query["sql"]
-    assert bytes(WebhookEvent.objects.get(dedupe_key="srv").body) == b"raw-body-bytes"
+    with connection.cursor():
+        pass  # the connection is open
+    threshold = connection.connection.prepare_threshold
+    assert threshold is not None, "Payshift's settings prepare the compiled statements"
+    for i in range(threshold + 1):
+        with CaptureQueriesContext(connection) as queries:
+            sql.insert_values(WebhookEvent, dict(gateway="paystack", event="charge.success", dedupe_key=f"srv-{i}",
+                                                 body=b"raw-body-bytes"))
+        # Logged as Django logs its own server-side binding, values composed in (DEBUG only), prepared or not.
+        (query,) = queries.captured_queries
+        assert query["sql"].startswith('INSERT INTO "payment_webhookevent"') and "srv-" in query["sql"]
+    # What PostgreSQL holds prepared is the statement psycopg sent: placeholders, the body never quoted into it.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s",
+                       ['INSERT INTO "payment_webhookevent"%'])
+        (statement,) = [row[0] for row in cursor.fetchall()]
+    assert "$1" in statement and "raw-body-bytes" not in statement and "72617" not in statement
+    assert bytes(WebhookEvent.objects.get(dedupe_key="srv-0").body) == b"raw-body-bytes"
 
 
 def test_webhook_costs_one_statement_and_no_health_check_query(client: Client, broker: Broker) -> None:

@@ -305,3 +305,40 @@ def test_together_refuses_two_updates_of_one_table() -> None:
     """PostgreSQL applies only one of two UPDATEs of the same row in one statement."""
     with pytest.raises(ImproperlyConfigured, match="two different tables"):
         Together(_AMOUNT, _REFERENCE)
+
+
+def test_the_compiled_statements_are_prepared_on_postgres_and_still_logged() -> None:
+    require_postgres()
+    payment = make_payment("PR-PREP-1")
+    with connection.cursor():
+        pass  # the connection is open
+    threshold = connection.connection.prepare_threshold
+    assert threshold is not None, "Payshift's settings prepare the compiled statements"
+    for _ in range(threshold + 1):
+        with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+            assert payment_lock(payment.pk).reference == "PR-PREP-1"
+        (query,) = [q["sql"] for q in captured.captured_queries]
+        # Logged with its value, as Django logs its own server-side binding, prepared or not (psycopg has no
+        # "last query" to report for a prepared one).
+        assert query.startswith("SELECT") and "FOR UPDATE" in query and str(payment.pk) in query
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("FOR UPDATE" in s and '"payment_payment"' in s and "$1" in s for s in prepared), prepared
+
+
+@pytest.mark.parametrize(("text", "threshold"), [("5", 5), ("1", 1), ("off", None), ("", None), ("None", None)])
+def test_the_prepare_threshold_setting_reads_a_count_or_off(text: str, threshold: int | None) -> None:
+    from payshift.settings import prepare_threshold
+
+    assert prepare_threshold(text) == threshold
+
+
+def test_a_prepare_threshold_below_one_is_refused() -> None:
+    from payshift.settings import prepare_threshold
+
+    # psycopg reads 0 as "prepare every statement at once", which is not what a count of runs means.
+    with pytest.raises(ImproperlyConfigured):
+        prepare_threshold("0")
+    with pytest.raises(ValueError):
+        prepare_threshold("often")
