@@ -4,8 +4,9 @@ Starts a private sandbox and a scratch PostgreSQL database (as the bench does), 
 payments the sandbox reports as paid, then runs each the way a Celery child does (the per-task connection
 recycle, then services.webhook_event_process) and prints, per event: CPU ms of this process
 (time.process_time), of its PostgreSQL backend and of the sandbox; SQL statements and commits (each
-autocommit write and each COMMIT); with --profile, cProfile's top functions. The first --warmup events are not
-counted (imports, the first connection, the httpx pool).
+autocommit write and each COMMIT, counted on 20 more events with Django's query log on, which costs CPU of its
+own); with --profile, cProfile's top functions. The first --warmup events are not counted (imports, the first
+connection, the httpx pool).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from unittest import mock
 
 from bench.stack import cpu_seconds, probe_stack, profile_print
+
+_COUNTED = 20  # events whose statements are counted, after the measured ones
 
 _WRITE = re.compile(r"^\s*(UPDATE|INSERT|DELETE|WITH)\b", re.IGNORECASE)  # WITH: a data-modifying CTE
 
@@ -59,7 +62,10 @@ def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sand
     from payment.models import Payment, PaymentStatus
     from payshift.celery import task_connections_recycle
 
-    total = count + warmup
+    # The statements are counted on events of their own: Django's query log (CaptureQueriesContext) composes
+    # each statement with its values, CPU the worker does not spend outside DEBUG.
+    counted = _COUNTED
+    total = count + warmup + counted
     made = payloads.payments_create("PRB", total, flutterwave_share=0.25)
     ids = payloads.sandbox_seed(sandbox_url, made)
     reqs = payloads.signed_requests(made, ids)
@@ -80,7 +86,7 @@ def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sand
 
     for event_id in event_ids[:warmup]:
         one(event_id)
-    measured = event_ids[warmup:]
+    measured = event_ids[warmup:warmup + count]
     backends: set[int] = set()
     backend_cpu_start: dict[int, float] = {}
     statements = commits = 0
@@ -94,27 +100,30 @@ def _probe(count: int, warmup: int, profile: bool, sandbox_pids: list[int], sand
         if pid is not None and pid not in backends:
             backends.add(pid)
             backend_cpu_start[pid] = cpu_seconds(pid)
+        started = time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        one(event_id)
+        if profiler is not None:
+            profiler.disable()
+        cpu += time.process_time() - started
+    sandbox_cpu = sum(cpu_seconds(p) for p in sandbox_pids) - sandbox_start
+    pg_cpu = sum(cpu_seconds(p) - backend_cpu_start[p] for p in backends)
+    for event_id in event_ids[warmup + count:]:
         with CaptureQueriesContext(connection) as captured:
-            started = time.process_time()
-            if profiler is not None:
-                profiler.enable()
             one(event_id)
-            if profiler is not None:
-                profiler.disable()
-            cpu += time.process_time() - started
         n, c, k = statement_kinds([q["sql"] for q in captured.captured_queries])
         statements += n
         commits += c
         kinds.update(k)
-    sandbox_cpu = sum(cpu_seconds(p) for p in sandbox_pids) - sandbox_start
-    pg_cpu = sum(cpu_seconds(p) - backend_cpu_start[p] for p in backends)
     settled = Payment.objects.filter(reference__startswith="PRB-", status=PaymentStatus.SUCCESS).count()
     n = len(measured)
     print(f"[probe] {n} events measured ({warmup} warm-up), {settled}/{total} payments settled")
     print(f"[probe] per event: worker CPU {cpu * 1000 / n:.2f} ms, PostgreSQL backend {pg_cpu * 1000 / n:.2f} ms, "
           f"sandbox {sandbox_cpu * 1000 / n:.2f} ms, total {(cpu + pg_cpu + sandbox_cpu) * 1000 / n:.2f} ms")
-    print(f"[probe] per event: {statements / n:.2f} SQL statements, {commits / n:.2f} commits; by kind: "
-          + ", ".join(f"{word} {v / n:.2f}" for word, v in kinds.most_common()))
+    print(f"[probe] per event ({counted} more events, query log on): {statements / counted:.2f} SQL statements, "
+          f"{commits / counted:.2f} commits; by kind: "
+          + ", ".join(f"{word} {v / counted:.2f}" for word, v in kinds.most_common()))
     if profiler is not None:
         profile_print(profiler, label="probe", save_to=profile_out, top=45)
 

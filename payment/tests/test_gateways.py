@@ -19,7 +19,16 @@ from payment.gateways.base import InvalidPayloadError, PermanentGatewayError, Re
 from payment.gateways.registry import gateway_get
 from payment.money import MoneyError, major_to_minor, parse_minor
 
-from .conftest import FLW_API, FLW_HASH, FLW_KEY, PAYSTACK_API, PAYSTACK_KEY, PAYSTACK_OLD_KEY, paystack_charge
+from .conftest import (
+    FLW_API,
+    FLW_HASH,
+    FLW_KEY,
+    PAYSTACK_API,
+    PAYSTACK_KEY,
+    PAYSTACK_OLD_KEY,
+    paystack_charge,
+    paystack_verify_answer,
+)
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -545,3 +554,18 @@ def test_flutterwave_client_and_sandbox_agree_on_refunds(sandbox: Any) -> None:
     assert fetched == RefundResult(gateway_refund_id=created.gateway_refund_id, status="processed", amount=50025,
                                    refund_reference=created.refund_reference, currency="NGN")
     assert gateway.refunds_for_transaction(reference="SB-FW-1", gateway_transaction_id=str(txn["id"])) == [fetched]
+
+
+@respx.mock
+def test_the_gateway_client_sends_the_whole_url_and_keeps_no_cookie_an_answer_sets() -> None:
+    route = respx.get(url__regex=rf"{PAYSTACK_API}/transaction/verify/.*").mock(return_value=httpx.Response(
+        200, json=paystack_verify_answer("R-CK-1"), headers={"Set-Cookie": "__cf_bm=abc; Path=/; HttpOnly"}))
+    gateway = gateway_get("paystack")
+    gateway.verify_transaction(reference="R-CK-1")
+    gateway.verify_transaction(reference="R CK/2")
+    first, second = (call.request for call in route.calls)
+    assert str(first.url) == f"{PAYSTACK_API}/transaction/verify/R-CK-1"
+    assert str(second.url) == f"{PAYSTACK_API}/transaction/verify/R%20CK%2F2"  # the reference stays one segment
+    # Keys authenticate each call; a cookie one answer set does not ride along on the next.
+    assert "cookie" not in second.headers
+    assert first.headers["authorization"] == f"Bearer {PAYSTACK_KEY}"
