@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,39 +244,70 @@ def machine_busy_seconds() -> float:
 
 
 class CpuMeter:
-    """CPU seconds spent by each part of the stack during a measurement: where the cores went."""
+    """CPU seconds spent by each part of the stack during a measurement: where the cores went.
+
+    PostgreSQL's share is its server processes' CPU: the backends of the bench's databases and the server's own
+    processes (WAL writer, checkpointer, autovacuum). A backend can connect and disconnect within the
+    measurement (Django closes a connection after CONN_MAX_AGE), so they are looked up every half second and
+    each one's CPU counted up to the last time it was seen (from zero for one that connected since the start).
+    """
+
+    POLL_SECONDS = 0.5
 
     def __init__(self, stack: Stack, roles: dict[str, str]) -> None:
         self.stack = stack
         self.roles = roles  # label -> process name in the stack ("web", "worker", "sandbox", "redis", "peer")
         self.start: dict[str, float] = {}
+        self._pg_first: dict[int, float] = {}
+        self._pg_last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def _snapshot(self) -> dict[str, float]:
         snap = {label: sum(cpu_seconds(p) for p in self.stack.pids(name)) for label, name in self.roles.items()}
-        snap.update({f"pg:{p}": cpu_seconds(p) for p in self._backends()})
         snap["machine"] = machine_busy_seconds()
         snap["self"] = cpu_seconds(os.getpid())
         snap["children"] = _children_cpu()
         return snap
 
-    def _backends(self) -> list[int]:
-        """Server processes of the bench's databases (connections persist, so they span the measurement)."""
+    def _server_pids(self) -> list[int]:
+        """PostgreSQL's processes working for the bench: its databases' backends and the server's own."""
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.stack.pg_dsn, autocommit=True) as conn:
-            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)",
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) "
+                                "OR backend_type <> 'client backend'",
                                 [[self.stack.db_name, self.stack.peer_db_name]]).fetchall()
             return [int(r[0]) for r in rows]
         return []
 
+    def _pg_sample(self, *, first: bool = False) -> None:
+        for pid in self._server_pids():
+            seconds = cpu_seconds(pid)
+            if seconds <= 0.0:
+                continue  # gone between the lookup and the read
+            # A process met after the start connected during the measurement: all of its CPU counts.
+            self._pg_first.setdefault(pid, seconds if first else 0.0)
+            self._pg_last[pid] = seconds
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self._pg_sample()
+
     def __enter__(self) -> CpuMeter:
+        self._pg_sample(first=True)
         self.start = self._snapshot()
+        self._poller = threading.Thread(target=self._poll, name="cpu-meter", daemon=True)
+        self._poller.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         end = self._snapshot()
-        # Per backend: one that connected during the measurement started from zero.
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        self._pg_sample()
         delta = {k: end[k] - self.start.get(k, 0.0) for k in end}
-        self.seconds = {k: round(v, 3) for k, v in delta.items() if not k.startswith("pg:")}
-        self.seconds["postgres"] = round(sum(v for k, v in delta.items() if k.startswith("pg:")), 3)
+        self.seconds = {k: round(v, 3) for k, v in delta.items()}
+        self.seconds["postgres"] = round(sum(self._pg_last[p] - self._pg_first[p] for p in self._pg_last), 3)
         self.seconds["bench"] = round(self.seconds.pop("self") + self.seconds.pop("children"), 3)
 
     seconds: dict[str, float]

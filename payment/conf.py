@@ -90,7 +90,7 @@ _SETTINGS: dict[str, _Setting] = {
     "PAYSHIFT_BROKER_CIRCUIT_SECONDS": _Setting(5.0, float),
     "PAYSHIFT_OUTBOX_RELAY": _Setting("thread", str),
     "PAYSHIFT_OUTBOX_BATCH_SIZE": _Setting(20, int),
-    "PAYSHIFT_OUTBOX_LINGER_SECONDS": _Setting(0.01, float),
+    "PAYSHIFT_OUTBOX_LINGER_SECONDS": _Setting(0.03, float),
     # Processing
     "PAYSHIFT_HTTP_CONNECT_TIMEOUT": _Setting(5.0, float),
     "PAYSHIFT_HTTP_READ_TIMEOUT": _Setting(30.0, float),
