@@ -110,17 +110,18 @@ class Relay:
 
     def _run(self) -> None:
         # Under load, a short linger after the first id (PAYSHIFT_OUTBOX_LINGER_SECONDS, or until a batch is
-        # full): each publish costs a broker message and an UPDATE whatever its size, so a few milliseconds
-        # turn one message per webhook into one per batch (bench/FINDINGS.md). "Under load" means the last
-        # publish ended less than a linger ago: a quiet stream is published at once, one by one, so a
-        # lone webhook is processed as soon as before. The gateway's answer never waits for either.
+        # full): each publish costs a broker message whatever its size, so a few milliseconds turn one
+        # message per webhook into one per batch (bench/FINDINGS.md). "Under load" means the last publish
+        # ended less than a third of a linger ago: events that close together make a lingered batch several
+        # ids long, while a slower stream is published at once, one by one, and pays no wait for a batch of
+        # one or two. The gateway's answer never waits for either.
         last_drain = 0.0
         try:
             while not self._stopping:
                 self._wake.wait()
                 self._wake.clear()
                 linger = app_settings.PAYSHIFT_OUTBOX_LINGER_SECONDS
-                if linger > 0 and not self._stopping and time.monotonic() - last_drain < linger:
+                if linger > 0 and not self._stopping and time.monotonic() - last_drain < linger / 3:
                     self._full.wait(linger)
                 self._full.clear()
                 # What Django does before each request: drop a connection past CONN_MAX_AGE or broken.

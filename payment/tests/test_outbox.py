@@ -118,6 +118,19 @@ def test_a_quiet_stream_is_published_at_once_and_a_busy_one_gathers(client: Clie
     assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhooks", ids)]
 
 
+def test_a_stream_slower_than_a_third_of_the_linger_is_published_without_lingering(client: Client, broker: Broker,
+                                                                                  settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 3.0
+    first = _post(client, "OUT-S0")
+    _wait(lambda: _published(broker) == [first])
+    time.sleep(1.2)  # more than a third of the linger since that publish, less than the linger
+    started = time.monotonic()
+    second = _post(client, "OUT-S1")
+    _wait(lambda: len(_published(broker)) == 2)
+    assert time.monotonic() - started < 2.0  # published at once, not after a 3 s linger
+    assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhook", second)]
+
+
 def test_a_full_batch_is_published_without_waiting_out_the_linger(client: Client, broker: Broker,
                                                                    settings: Any) -> None:
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 60.0
