@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stack import cpu_seconds, machine_busy_seconds, probe_stack, profile_print
+from bench.stack import cpu_seconds, machine_busy_seconds, probe_stack, profile_arguments, profile_print
 
 
 def _environ(path: str, header: str, value: str, body: bytes) -> dict[str, Any]:
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1000, help="requests per target per round (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--warmup", type=int, default=200, help="requests per target not counted (default 200)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (CPU time)")
-    parser.add_argument("--profile-out", type=Path, default=None,
-                        help="with --profile, also write cProfile's stats to this file (for pstats or snakeviz)")
+    profile_arguments(parser)
     parser.add_argument("--base-port", type=int, default=18479,
                         help="ports as the bench uses them; the probe starts only Redis (the base port)")
     args = parser.parse_args(argv)

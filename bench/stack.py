@@ -374,6 +374,13 @@ def probe_stack(base_port: int, name: str) -> Iterator[Stack]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def profile_arguments(parser: Any) -> None:
+    """The probes' --profile and --profile-out options (read by profile_print's callers)."""
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (CPU time)")
+    parser.add_argument("--profile-out", type=Path, default=None,
+                        help="with --profile, also write cProfile's stats to this file (for pstats or snakeviz)")
+
+
 def profile_print(profiler: Any, *, label: str, save_to: Path | None = None, top: int = 45) -> None:
     """A probe's cProfile, as both probes print it: the top functions by cumulative and by own CPU time;
     with `save_to`, the raw stats too (for `python -m pstats FILE` or snakeviz)."""

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from unittest import mock
 
-from bench.stack import cpu_seconds, probe_stack, profile_print
+from bench.stack import cpu_seconds, probe_stack, profile_arguments, profile_print
 
 _COUNTED = 20  # events whose statements are counted, after the measured ones
 
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.worker_probe", description=__doc__)
     parser.add_argument("--count", type=int, default=500, help="events measured (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="events run first and not counted (default 50)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (CPU time)")
-    parser.add_argument("--profile-out", type=Path, default=None,
-                        help="with --profile, also write cProfile's stats to this file (for pstats or snakeviz)")
+    profile_arguments(parser)
     parser.add_argument("--base-port", type=int, default=18479,
                         help="ports as the bench uses them; the probe starts only the sandbox (base + 3)")
     args = parser.parse_args(argv)
