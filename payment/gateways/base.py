@@ -258,6 +258,7 @@ def as_id(value: object, limit: int = 100) -> str:
 RATE_LIMIT_MAX_WAIT_SECONDS = 10.0
 RATE_LIMITED_TRIES = 3
 
+
 class _NoCookies(http.cookiejar.CookieJar):
     """The gateway clients' cookie jar, which keeps nothing: the gateways' APIs authenticate every call by its
     key, a cookie set by one answer (a CDN's, say) has no business riding along on the next, and reading each
