@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -25,6 +26,11 @@ MAX_WAITING = 10_000
 
 # PAYSHIFT_OUTBOX_RELAY's values (system check payshift.E010 refuses others).
 RELAY_MODES = frozenset({"thread", "inline"})
+
+# How much one new gap between stored events moves the relay's estimate of the arrival rate (a moving
+# average). A fifth: a burst is recognised within a few events, and one long pause ends it at once (a gap of
+# a fraction of a second outweighs the rest), while a single close pair in a slow stream does not.
+GAP_WEIGHT = 0.2
 
 
 class Relay:
@@ -49,6 +55,8 @@ class Relay:
         self._thread: threading.Thread | None = None
         self._overflowed = False
         self._stopping = False
+        self._last_submit = -math.inf
+        self._gap = math.inf  # the moving average of the time between two submitted ids
 
     def after_fork(self) -> None:
         # A forked child has no relay thread, and the parent publishes the ids it holds.
@@ -66,6 +74,9 @@ class Relay:
                 self._overflowed = True
                 return
             self._waiting.append(event_id)
+            now = time.monotonic()
+            gap, self._last_submit = now - self._last_submit, now
+            self._gap = gap if math.isinf(self._gap) else self._gap + (gap - self._gap) * GAP_WEIGHT
             full = len(self._waiting) >= app_settings.PAYSHIFT_OUTBOX_BATCH_SIZE
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="payshift-outbox-relay", daemon=True)
@@ -77,6 +88,12 @@ class Relay:
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+    def busy(self, linger: float) -> bool:
+        """Whether ids arrive close enough together that lingering gathers a batch: on the recent average, two
+        or more are due within one linger."""
+        with self._lock:
+            return self._gap <= linger / 2
 
     def drain(self) -> int:
         """Publish every id gathered so far, in batches; returns how many were taken from memory."""
@@ -107,27 +124,27 @@ class Relay:
         self._stopping = False
         self._full.clear()
         self.drain()
+        with self._lock:  # a relay started again learns the arrival rate afresh
+            self._last_submit, self._gap = -math.inf, math.inf
 
     def _run(self) -> None:
         # Under load, a short linger after the first id (PAYSHIFT_OUTBOX_LINGER_SECONDS, or until a batch is
-        # full): each publish costs a broker message whatever its size, so a few milliseconds turn one
-        # message per webhook into one per batch (bench/FINDINGS.md). "Under load" means the last publish
-        # ended less than a third of a linger ago: events that close together make a lingered batch several
-        # ids long, while a slower stream is published at once, one by one, and pays no wait for a batch of
-        # one or two. The gateway's answer never waits for either.
-        last_drain = 0.0
+        # full): each publish costs a broker message whatever its size, and each message costs Celery its
+        # per-task work (bench/FINDINGS.md), so a few milliseconds turn one message per webhook into one per
+        # batch. "Under load" is the arrival rate, not the last publish: ids that arrive on average less than
+        # half a linger apart make a lingered batch three or more long, while a slower stream is published at
+        # once, id by id, and pays no wait for a batch of one or two. The gateway's answer waits for neither.
         try:
             while not self._stopping:
                 self._wake.wait()
                 self._wake.clear()
                 linger = app_settings.PAYSHIFT_OUTBOX_LINGER_SECONDS
-                if linger > 0 and not self._stopping and time.monotonic() - last_drain < linger / 3:
+                if linger > 0 and not self._stopping and self.busy(linger):
                     self._full.wait(linger)
                 self._full.clear()
                 # What Django does before each request: drop a connection past CONN_MAX_AGE or broken.
                 close_old_connections()
                 self.drain()
-                last_drain = time.monotonic()
         finally:
             connection.close()
 

@@ -118,17 +118,40 @@ def test_a_quiet_stream_is_published_at_once_and_a_busy_one_gathers(client: Clie
     assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhooks", ids)]
 
 
-def test_a_stream_slower_than_a_third_of_the_linger_is_published_without_lingering(client: Client, broker: Broker,
-                                                                                  settings: Any) -> None:
+def test_a_stream_slower_than_two_events_a_linger_is_published_without_lingering(client: Client, broker: Broker,
+                                                                                   settings: Any) -> None:
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 3.0
     first = _post(client, "OUT-S0")
     _wait(lambda: _published(broker) == [first])
-    time.sleep(1.2)  # more than a third of the linger since that publish, less than the linger
+    time.sleep(1.8)  # more than half the linger since the last arrival: fewer than two events a linger
     started = time.monotonic()
     second = _post(client, "OUT-S1")
     _wait(lambda: len(_published(broker)) == 2)
-    assert time.monotonic() - started < 2.0  # published at once, not after a 3 s linger
+    assert time.monotonic() - started < 2.5  # published at once, not after a 3 s linger
     assert broker.calls == [("process_payment_webhook", first), ("process_payment_webhook", second)]
+
+
+def test_the_relay_lingers_only_while_events_arrive_at_least_two_a_linger(broker: Broker, settings: Any) -> None:
+    settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 0.03
+    clock = [1000.0]
+    relay = outbox.Relay()
+    with mock.patch("payment.outbox.time.monotonic", side_effect=lambda: clock[0]):
+        def arrive(gap: float, n: int = 1) -> None:
+            for _ in range(n):
+                clock[0] += gap
+                relay.submit(10**9 + len(broker.calls))
+
+        arrive(0.0)
+        assert not relay.busy(0.03)  # a lone event: nothing to gather it with
+        arrive(0.025, 20)  # 40 a second, in one web process: a moderate stream
+        assert not relay.busy(0.03)
+        arrive(0.006, 4)  # 170 a second: four events are enough to count as load
+        assert relay.busy(0.03)
+        arrive(0.010, 20)  # two events within each half linger: still gathering
+        assert relay.busy(0.03)
+        arrive(0.5)  # one pause of half a second ends it
+        assert not relay.busy(0.03)
+    relay.stop()
 
 
 def test_a_full_batch_is_published_without_waiting_out_the_linger(client: Client, broker: Broker,
