@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 import respx
 
-from payment.gateways.base import InvalidPayloadError, PermanentGatewayError, RefundResult, json_dumps
-from payment.gateways.registry import gateway_get
+from payment.gateways.base import InvalidPayloadError, PermanentGatewayError, RefundResult, api_timeout, json_dumps
+from payment.gateways.registry import gateway_get, registry_reset
 from payment.money import MoneyError, major_to_minor, parse_minor
 
 from .conftest import (
@@ -569,3 +570,72 @@ def test_the_gateway_client_sends_the_whole_url_and_keeps_no_cookie_an_answer_se
     # Keys authenticate each call; a cookie one answer set does not ride along on the next.
     assert "cookie" not in second.headers
     assert first.headers["authorization"] == f"Bearer {PAYSTACK_KEY}"
+
+
+def _calls_as_sent(gateway: Any) -> list[httpx.Request]:
+    """A verify, a verify under a page's time ceiling, a refund (a JSON body) and a refund listing (query
+    parameters), each request as it reached the transport."""
+    sent: list[httpx.Request] = []
+    real = httpx.HTTPTransport.handle_request
+
+    def spy(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return real(transport, request)
+
+    with mock.patch.object(httpx.HTTPTransport, "handle_request", spy):
+        gateway.verify_transaction(reference="R-DT-1")
+        with api_timeout(2.5):
+            gateway.verify_transaction(reference="R-DT-1")
+        gateway.refund(reference="R-DT-1", gateway_transaction_id="1001", amount=100, currency="NGN",
+                       note="duplicate charge")
+        gateway.refunds_for_transaction(reference="R-DT-1", gateway_transaction_id="1001")
+    return sent
+
+
+def _as_compared(request: httpx.Request) -> tuple[Any, ...]:
+    return (request.method, str(request.url), request.headers.raw, request.content, request.extensions["timeout"])
+
+
+@respx.mock
+def test_a_call_goes_straight_to_the_transport_with_what_the_client_would_have_sent() -> None:
+    respx.get(url__regex=rf"{PAYSTACK_API}/transaction/verify/.*").mock(
+        return_value=httpx.Response(200, json=paystack_verify_answer("R-DT-1")))
+    respx.post(f"{PAYSTACK_API}/refund").mock(return_value=httpx.Response(200, json={
+        "status": True, "message": "Refund has been queued for processing", "data": {
+            "id": 77, "status": "pending", "amount": 100, "currency": "NGN", "transaction": {"id": 1001}}}))
+    respx.get(f"{PAYSTACK_API}/refund").mock(return_value=httpx.Response(200, json={
+        "status": True, "message": "Refunds retrieved", "data": [], "meta": {"pageCount": 1}}))
+    gateway = gateway_get("paystack")
+    with mock.patch.object(httpx.Client, "send", side_effect=AssertionError("went through the client")):
+        direct = _calls_as_sent(gateway)
+    gateway._direct = None  # the same calls through the client, for comparison
+    through_client = _calls_as_sent(gateway)
+    assert len(direct) == len(through_client) == 4
+    assert [_as_compared(r) for r in direct] == [_as_compared(r) for r in through_client]
+    assert direct[1].extensions["timeout"] == httpx.Timeout(2.5).as_dict()  # the page's ceiling
+    assert b'"amount":100' in direct[2].content.replace(b" ", b"")
+    assert direct[3].url.params["transaction"] == "1001"
+
+
+def test_calls_go_through_the_client_when_the_environment_names_a_proxy_or_a_hook_is_added(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = paystack_verify_answer("R-PX-1")
+    calls: list[httpx.Request] = []
+
+    def send(client: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json=answer, request=request)
+
+    with mock.patch.object(httpx.Client, "send", send):
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+        registry_reset()
+        gateway = gateway_get("paystack")
+        assert gateway.verify_transaction(reference="R-PX-1").reference == "R-PX-1"
+        assert getattr(gateway, "_direct", None) is None and len(calls) == 1  # the client mounts the proxy
+
+        monkeypatch.delenv("HTTPS_PROXY")
+        registry_reset()
+        gateway = gateway_get("paystack")
+        gateway._client().event_hooks["request"].append(lambda request: None)
+        gateway.verify_transaction(reference="R-PX-1")
+        assert getattr(gateway, "_direct", None) is not None and len(calls) == 2  # only the client runs hooks
