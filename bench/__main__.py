@@ -124,6 +124,7 @@ def _run(args: argparse.Namespace, *, only: set[str], stack: Stack, out: Path, s
 
     with connection.cursor() as cursor:
         cursor.execute(refviews.CREATE_TABLE)
+        cursor.execute(refviews.CREATE_SETTLED_TABLE)
         cursor.execute("SELECT version()")
         row = cursor.fetchone()
     pg_version = str(row[0]).split(" on ")[0] if row else "PostgreSQL"

@@ -199,7 +199,14 @@ def tables(results: dict[str, Any]) -> str:
         lines += [e2e_row("Payshift, the goal run", e2e, _f(e2e["backlog"]["settled_per_s"])),
                   f"| reference: no-op Celery task | {e2e['rate']}/s for {_f(noop['count'] / e2e['rate'])} s | "
                   f"{noop['count']:,} | {_f(noop['latency_ms']['p50'])} / {_f(noop['latency_ms']['p99'])} | "
-                  f"{_f(e2e['noop_backlog']['tasks_per_s'])} | {_f(noop['drain_s'], 2)} s |", ""]
+                  f"{_f(e2e['noop_backlog']['tasks_per_s'])} | {_f(noop['drain_s'], 2)} s |"]
+        minimal = e2e.get("minimal")
+        if minimal:
+            lines.append(f"| reference: hand-written minimal pipeline (Paystack only) | {minimal['rate']}/s for "
+                         f"{_f(minimal['load_seconds'])} s | {minimal['count']:,} ({minimal['ingest']['errors']:,} "
+                         f"errors) | {_f(minimal['latency_ms']['p50'])} / {_f(minimal['latency_ms']['p99'])} | - | "
+                         f"{drained({**minimal, 'settle': {'settled': minimal['settled']}})} |")
+        lines.append("")
         for label, run in (("sustainable rate", e2e.get("low")), ("goal run", e2e)):
             if run:
                 st = run["settle"]
@@ -260,6 +267,9 @@ def _cpu_rows(results: dict[str, Any]) -> list[str]:
         if e2e.get("low"):
             row(f"end to end at {e2e['low']['rate']}/s, per settled payment", e2e["low"].get("cpu_ms_per_payment"))
         row(f"end to end at {e2e['rate']}/s, per settled payment", e2e.get("cpu_ms_per_payment"))
+        if e2e.get("minimal"):
+            row(f"hand-written minimal pipeline at {e2e['minimal']['rate']}/s, per settled payment (reference)",
+                e2e["minimal"].get("cpu_ms_per_payment"))
         row("backlog drain, per settled payment", e2e["backlog"].get("cpu_ms_per_payment"))
         row("backlog drain, per no-op task (reference)", e2e["noop_backlog"].get("cpu_ms_per_task"))
     return rows

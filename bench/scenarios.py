@@ -400,11 +400,39 @@ class Bench:
         noop_rate = self._noop_at_rate(s.e2e_rate, s.noop_seconds)
         log(f"e2e: no-op task at {s.e2e_rate}/s: p50 {noop_rate['latency_ms']['p50']} ms p99 "
             f"{noop_rate['latency_ms']['p99']} ms, drained {noop_rate['drain_s']} s after the last send")
+        minimal = self._minimal_pipeline([r for p, r in zip(made, reqs, strict=True) if p.gateway == "paystack"])
         backlog = self._backlog_payshift()
         noop_backlog = self._backlog_noop()
         self.stack.stop("worker")
-        return {**high, "low": low, "noop_rate": noop_rate, "backlog": backlog, "noop_backlog": noop_backlog,
-                "memory": memory_summary(samples), "query_counts": queries}
+        return {**high, "low": low, "noop_rate": noop_rate, "minimal": minimal, "backlog": backlog,
+                "noop_backlog": noop_backlog, "memory": memory_summary(samples), "query_counts": queries}
+
+    def _minimal_pipeline(self, paystack_reqs: Sequence[Req]) -> dict[str, Any]:
+        """The hand-written minimal pipeline (bench/refviews.py, bench/celeryapp.py) at the goal's rate, over the
+        goal run's Paystack payments set back to pending: the same webhooks, the same verify answers, the same
+        payment rows, none of Payshift's safety work. Its CPU per webhook is what this machine needs at least."""
+        s = self.sizes
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE payment_payment SET status = 'pending', amount_paid = NULL, paid_at = NULL "
+                           "WHERE reference LIKE 'E2E-%%' AND gateway = 'paystack'")
+            cursor.execute("TRUNCATE bench_minimal_event, bench_minimal_settled")
+        reqs = [dataclasses.replace(r, path="/bench/minimal-pipeline/") for r in paystack_reqs]
+        log(f"e2e: hand-written minimal pipeline, {len(reqs)} Paystack webhooks at {s.e2e_rate}/s")
+        with CpuMeter(self.stack, E2E_ROLES) as cpu:
+            ingest = loadgen.run_open_loop(base_url=self.web, reqs=reqs, rate=s.e2e_rate)
+            settled_at = self._wait_rows("SELECT count(*), extract(epoch FROM max(settled_at)) "
+                                         "FROM bench_minimal_settled", [], len(reqs), s.e2e_settle_timeout_s)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT extract(epoch FROM m.settled_at - e.received_at) * 1000 "
+                           "FROM bench_minimal_settled m JOIN bench_minimal_event e ON e.id = m.event_id")
+            latency = np.array([float(r[0]) for r in cursor.fetchall()], dtype=float)
+        drain = (settled_at - ingest["ended_at"]) if settled_at else None
+        log(f"e2e minimal pipeline: ingest p99 {ingest['latency_ms']['p99']} ms, errors {ingest['errors']}; "
+            f"settled {len(latency)}/{len(reqs)}; last {drain if drain is None else round(drain, 2)} s after the load")
+        return {"ingest": ingest, "settled": len(latency), "count": len(reqs), "rate": s.e2e_rate,
+                "load_seconds": ingest["duration_s"], "drain_after_load_s": drain,
+                "settle_timeout_s": s.e2e_settle_timeout_s, "latency_ms": loadgen.summarize(latency),
+                "cpu_ms_per_payment": cpu.per_unit_ms(len(latency))}
 
     def _sustained(self, like: str, reqs: Sequence[Req], rate: float, timeout: float) -> dict[str, Any]:
         """Webhooks at a fixed rate with the workers running; then wait (bounded) for every payment to settle."""
@@ -422,18 +450,22 @@ class Bench:
                 "cpu_ms_per_payment": cpu.per_unit_ms(timing["settled"])}
 
     def _wait_settled(self, like: str, count: int, timeout: float) -> float | None:
+        return self._wait_rows("SELECT count(*), extract(epoch FROM max(n.created_at)) FROM payment_notification n "
+                               "JOIN payment_payment p ON p.id = n.payment_id "
+                               "WHERE p.reference LIKE %s AND n.kind = 'payment_succeeded'", [like], count, timeout)
+
+    def _wait_rows(self, sql: str, params: list[Any], count: int, timeout: float) -> float | None:
+        """Poll `sql` (a count and the epoch of the last row) until the count reaches `count`: that epoch."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.stack.check_alive("worker", "web")
             with connection.cursor() as cursor:
-                cursor.execute("SELECT count(*), extract(epoch FROM max(n.created_at)) FROM payment_notification n "
-                               "JOIN payment_payment p ON p.id = n.payment_id "
-                               "WHERE p.reference LIKE %s AND n.kind = 'payment_succeeded'", [like])
+                cursor.execute(sql, params)
                 row = cursor.fetchone()
             if row and row[0] >= count:
                 return float(row[1])
-            # The answer is the last notification's own timestamp, so polling once a second loses no precision;
-            # the join over every payment of the run is the bench's own PostgreSQL load, kept small.
+            # The answer is the last row's own timestamp, so polling once a second loses no precision; the
+            # query over every payment of the run is the bench's own PostgreSQL load, kept small.
             time.sleep(1.0)
         return None
 

@@ -1,4 +1,4 @@
-"""The product's URLs plus the two ingest references (bare 200, minimal hand-written ingest)."""
+"""The product's URLs plus the references (bare 200, minimal hand-written ingest, minimal pipeline)."""
 
 from django.urls import path
 
@@ -9,4 +9,5 @@ urlpatterns = [
     *product_urlpatterns,
     path("bench/bare/", refviews.bare, name="bench-bare"),
     path("bench/minimal/", refviews.minimal_ingest, name="bench-minimal"),
+    path("bench/minimal-pipeline/", refviews.minimal_pipeline, name="bench-minimal-pipeline"),
 ]
