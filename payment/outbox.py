@@ -8,7 +8,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 
@@ -28,9 +28,11 @@ MAX_WAITING = 10_000
 RELAY_MODES = frozenset({"thread", "inline"})
 
 # How much one new gap between stored events moves the relay's estimate of the arrival rate (a moving
-# average). A fifth: a burst is recognised within a few events, and one long pause ends it at once (a gap of
-# a fraction of a second outweighs the rest), while a single close pair in a slow stream does not.
+# average), and the longest gap it counts, in lingers. A fifth, with gaps capped at four lingers: one pause
+# ends a burst at once (a capped gap alone lifts the average over half a linger); however long the quiet was,
+# a new burst is recognised within about ten events; and a single close pair in a slow stream is not.
 GAP_WEIGHT = 0.2
+GAP_CAP_LINGERS = 4.0
 
 
 class Relay:
@@ -44,7 +46,8 @@ class Relay:
     (for servers that run no threads of their own, and for the test suite's deterministic views).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._reset()
 
     def _reset(self) -> None:
@@ -74,9 +77,13 @@ class Relay:
                 self._overflowed = True
                 return
             self._waiting.append(event_id)
-            now = time.monotonic()
-            gap, self._last_submit = now - self._last_submit, now
-            self._gap = gap if math.isinf(self._gap) else self._gap + (gap - self._gap) * GAP_WEIGHT
+            now = self._clock()
+            if not math.isinf(self._last_submit):
+                gap = min(now - self._last_submit, app_settings.PAYSHIFT_OUTBOX_LINGER_SECONDS * GAP_CAP_LINGERS)
+                # The first gap after a start (or a stop) seeds the average: at worst one batch lingers for
+                # nothing.
+                self._gap = gap if math.isinf(self._gap) else self._gap + (gap - self._gap) * GAP_WEIGHT
+            self._last_submit = now
             full = len(self._waiting) >= app_settings.PAYSHIFT_OUTBOX_BATCH_SIZE
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="payshift-outbox-relay", daemon=True)

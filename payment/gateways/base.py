@@ -291,7 +291,8 @@ def _direct_send(direct: tuple[httpx.Client, httpx.HTTPTransport], method: str, 
     client, transport = direct
     merged = client.headers.copy()
     merged.update(headers)
-    timeout = client.timeout if kwargs.get("timeout") is None else httpx.Timeout(kwargs["timeout"])
+    # As the client reads it: no `timeout` is its own, an explicit None is none at all.
+    timeout = httpx.Timeout(kwargs["timeout"]) if "timeout" in kwargs else client.timeout
     request = httpx.Request(method, url, headers=merged, content=kwargs.get("content"), json=kwargs.get("json"),
                             params=kwargs.get("params"), extensions={"timeout": timeout.as_dict()})
     response = transport.handle_request(request)
@@ -496,9 +497,11 @@ class Gateway(ABC):
                 # Our own transport, which _send also uses directly, unless the environment names a proxy: a
                 # client given a transport mounts none, so then the client makes its own and every call goes
                 # through it, proxied as httpx does.
-                transport = None if _environment_names_a_proxy() else httpx.HTTPTransport()
+                # (Credentials in the base URL are the client's too: it would turn them into Basic auth.)
+                base_url = httpx.URL(self.base_url())
+                transport = None if _environment_names_a_proxy() or base_url.userinfo else httpx.HTTPTransport()
                 client = httpx.Client(
-                    base_url=self.base_url(),
+                    base_url=base_url,
                     timeout=timeout,
                     headers={"User-Agent": "payshift/0.1"},
                     cookies=_NoCookies(),
@@ -554,9 +557,12 @@ class Gateway(ABC):
             url = f"{client.base_url}{path.lstrip('/')}"
             direct: tuple[httpx.Client, httpx.HTTPTransport] | None = getattr(self, "_direct", None)
             # Straight to the transport when the client is still the one made with it (a test or a host may
-            # hand the gateway another) and nothing was added to it that only the client would honour.
-            if (direct is not None and direct[0] is client and client.auth is None and not client.follow_redirects
-                    and not any(client.event_hooks.values()) and kwargs.keys() <= _DIRECT_ARGUMENTS):
+            # hand the gateway another), open (a closed client refuses to send; its pool would not), and
+            # nothing was added to it that only the client would honour.
+            if (direct is not None and direct[0] is client and not client.is_closed and client.auth is None
+                    and not client.follow_redirects and not client.params
+                    and isinstance(client.cookies.jar, _NoCookies) and not any(client.event_hooks.values())
+                    and kwargs.keys() <= _DIRECT_ARGUMENTS):
                 response = _direct_send(direct, method, url, headers=headers, kwargs=kwargs)
             else:
                 response = client.request(method, url, headers=headers, **kwargs)

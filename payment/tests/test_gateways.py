@@ -617,7 +617,7 @@ def test_a_call_goes_straight_to_the_transport_with_what_the_client_would_have_s
     assert direct[3].url.params["transaction"] == "1001"
 
 
-def test_calls_go_through_the_client_when_the_environment_names_a_proxy_or_a_hook_is_added(
+def test_calls_go_through_the_client_when_a_proxy_is_named_or_the_client_was_changed_or_closed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     answer = paystack_verify_answer("R-PX-1")
     calls: list[httpx.Request] = []
@@ -639,3 +639,15 @@ def test_calls_go_through_the_client_when_the_environment_names_a_proxy_or_a_hoo
         gateway._client().event_hooks["request"].append(lambda request: None)
         gateway.verify_transaction(reference="R-PX-1")
         assert getattr(gateway, "_direct", None) is not None and len(calls) == 2  # only the client runs hooks
+
+        registry_reset()
+        gateway = gateway_get("paystack")
+        gateway._client().params = httpx.QueryParams({"tenant": "t1"})
+        gateway.verify_transaction(reference="R-PX-1")
+        assert len(calls) == 3 and calls[-1].url.params["tenant"] == "t1"  # the client merges its params
+
+        registry_reset()
+        gateway = gateway_get("paystack")
+        gateway._client().close()  # the client refuses to send; its transport alone would not
+        gateway.verify_transaction(reference="R-PX-1")
+        assert len(calls) == 4

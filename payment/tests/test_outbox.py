@@ -134,23 +134,28 @@ def test_a_stream_slower_than_two_events_a_linger_is_published_without_lingering
 def test_the_relay_lingers_only_while_events_arrive_at_least_two_a_linger(broker: Broker, settings: Any) -> None:
     settings.PAYSHIFT_OUTBOX_LINGER_SECONDS = 0.03
     clock = [1000.0]
-    relay = outbox.Relay()
-    with mock.patch("payment.outbox.time.monotonic", side_effect=lambda: clock[0]):
-        def arrive(gap: float, n: int = 1) -> None:
-            for _ in range(n):
-                clock[0] += gap
-                relay.submit(10**9 + len(broker.calls))
+    relay = outbox.Relay(clock=lambda: clock[0])
 
-        arrive(0.0)
-        assert not relay.busy(0.03)  # a lone event: nothing to gather it with
-        arrive(0.025, 20)  # 40 a second, in one web process: a moderate stream
-        assert not relay.busy(0.03)
-        arrive(0.006, 4)  # 170 a second: four events are enough to count as load
-        assert relay.busy(0.03)
-        arrive(0.010, 20)  # two events within each half linger: still gathering
-        assert relay.busy(0.03)
-        arrive(0.5)  # one pause of half a second ends it
-        assert not relay.busy(0.03)
+    def arrive(gap: float, n: int = 1) -> None:
+        for _ in range(n):
+            clock[0] += gap
+            relay.submit(10**9 + len(broker.calls))
+
+    arrive(0.0)
+    assert not relay.busy(0.03)  # a lone event: nothing to gather it with
+    arrive(0.025, 20)  # 40 a second, in one web process: a moderate stream
+    assert not relay.busy(0.03)
+    arrive(0.006, 4)  # 170 a second: four events are enough to count as load
+    assert relay.busy(0.03)
+    arrive(0.010, 20)  # two events within each half linger: still gathering
+    assert relay.busy(0.03)
+    arrive(0.2)  # one pause of a fifth of a second ends it
+    assert not relay.busy(0.03)
+    arrive(3600.0)  # an hour's quiet counts no more than any pause: the next burst is recognised as soon
+    arrive(0.003, 6)
+    assert not relay.busy(0.03)
+    arrive(0.003)  # the seventh
+    assert relay.busy(0.03)
     relay.stop()
 
 
