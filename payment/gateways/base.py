@@ -286,7 +286,7 @@ def _direct_send(direct: tuple[httpx.Client, httpx.HTTPTransport], method: str, 
                  headers: Mapping[str, str], kwargs: Mapping[str, Any]) -> httpx.Response:
     """One call as client.request makes it for a client of ours (its headers and timeout, no redirects), handed
     straight to its transport: the client's layers for auth, redirects, event hooks and cookies do nothing for
-    these calls and cost about a third of its CPU per call (bench/FINDINGS.md). The transport raises the same
+    these calls and cost about a tenth of a call's CPU on our side (bench/FINDINGS.md). The transport raises the same
     httpx exceptions; the answer is read and the connection back in the pool before this returns."""
     client, transport = direct
     merged = client.headers.copy()
